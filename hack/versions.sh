@@ -1,0 +1,7 @@
+# Pinned versions of the local factory's components. Changing one here changes the
+# cache directory, so the next run rebuilds. Keep them in step with hack/*/go.mod.
+K8S_VERSION=1.34.4
+ETCD_VERSION=3.6.6
+KWOK_VERSION=0.8.0
+AIFACTORY_CACHE=${AIFACTORY_CACHE:-$HOME/.cache/aifactory}
+BIN_DIR=$AIFACTORY_CACHE/bin-k8s$K8S_VERSION-etcd$ETCD_VERSION-kwok$KWOK_VERSION
