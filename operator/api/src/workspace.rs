@@ -1,0 +1,144 @@
+//! Workspace: a tenant member's self-service place to work.
+use crate::common::{Conditions, DatasetMount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A place to work: home and scratch volumes, datasets mounted read-only, and an
+/// optional interactive session (notebook or SSH) with GPUs.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[kube(
+    group = "aifactory.dev",
+    version = "v1alpha1",
+    kind = "Workspace",
+    plural = "workspaces",
+    shortname = "ws",
+    category = "aifactory",
+    namespaced,
+    status = "WorkspaceStatus",
+    doc = "A tenant member's place to work: home and scratch volumes, read-only datasets, and an optional interactive GPU session.",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Home", type_ = "string", json_path = ".spec.storage.home"),
+    printcolumn(name = "GPUs", type_ = "integer", json_path = ".spec.interactive.gpus"),
+    printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkspaceSpec {
+    /// Volumes of the workspace.
+    pub storage: WorkspaceStorage,
+    /// Datasets mounted read-only (your own, or ones shared with your tenant).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub datasets: Vec<DatasetMount>,
+    /// An interactive session; it waits for admission like a training job and
+    /// counts against the tenant's quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interactive: Option<Interactive>,
+}
+
+/// Volumes of a workspace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkspaceStorage {
+    /// Size of the home volume (kept for the workspace's life), e.g. `50Gi`.
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(validation = crate::rules::quantity("storage.home", "50Gi"))]
+    #[x_kube(validation = crate::rules::positive_quantity("storage.home"))]
+    pub home: String,
+    /// Size of the scratch volume (optional), e.g. `1Ti`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(validation = crate::rules::quantity("storage.scratch", "1Ti"))]
+    #[x_kube(validation = crate::rules::positive_quantity("storage.scratch"))]
+    pub scratch: Option<String>,
+    /// StorageClass of both volumes (default: the cluster's default class).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = crate::rules::immutable("storage.storageClassName"))]
+    pub storage_class_name: Option<String>,
+}
+
+/// An interactive session of a workspace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Interactive {
+    /// Container image of the session, e.g. a Jupyter image.
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+    /// GpuPool the session runs in.
+    #[schemars(length(min = 1, max = 63))]
+    pub pool: String,
+    /// GPUs of the session (0 for a CPU-only session).
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 16))]
+    pub gpus: i32,
+    /// How long the session may live once started, e.g. `8h`.
+    #[serde(default = "default_max_lifetime")]
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(validation = crate::rules::duration("interactive.maxLifetime"))]
+    pub max_lifetime: String,
+    /// Port the session serves (e.g. 8888 for Jupyter).
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
+fn default_max_lifetime() -> String {
+    "8h".to_string()
+}
+
+fn default_port() -> i32 {
+    8888
+}
+
+/// Lifecycle phase of a workspace.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum WorkspacePhase {
+    /// Volumes are being provisioned.
+    #[default]
+    Pending,
+    /// Volumes are ready; no session asked for or the session ended.
+    Ready,
+    /// The session waits for admission.
+    Queued,
+    /// The session runs.
+    Running,
+    /// The session reached maxLifetime and was stopped.
+    Expired,
+    /// Something is wrong; see the Ready condition.
+    Failed,
+}
+
+/// Observed state of a workspace.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkspaceStatus {
+    /// Generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Pending, Ready, Queued, Running, Expired or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<WorkspacePhase>,
+    /// Claims of the workspace (home, scratch).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+    /// Where the interactive session is reached (`<service>.<namespace>.svc:<port>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// When the session started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_started_at: Option<Time>,
+    /// Why the session is not running yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_reason: Option<String>,
+    /// `Ready`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Conditions,
+}
