@@ -5,6 +5,9 @@
 //! enforces) and small pure helpers on them. It does no I/O: the operator, the
 //! simulator and the tests all depend on it.
 #![deny(missing_docs)]
+// kube's printcolumn(name = .., type_ = ..) repeats key = value pairs, which this lint
+// mistakes for duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
 
 pub mod common;
 pub mod dataset;
