@@ -1,1 +1,254 @@
+//! Harness for integration tests against the local factory: a real etcd,
+//! kube-apiserver, controller-manager, scheduler and kwok started by
+//! `hack/factory-up.sh` (or any cluster `KUBECONFIG` points at). Never a fake API
+//! server.
+//!
+//! Each test takes its own namespaces (`TestNamespace`), removed when the guard
+//! drops, even when the test panics.
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
+/// Field manager the tests write with.
+pub const TEST_MANAGER: &str = "aifactory-tests";
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The local factory's state directory (kubeconfigs, logs), as the hack scripts use it.
+pub fn state_dir() -> PathBuf {
+    std::env::var_os("AIFACTORY_STATE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/aifactory/factory")
+        })
+}
+
+/// The kubeconfig the tests use: `KUBECONFIG`, else the local factory's admin one.
+pub fn admin_kubeconfig() -> PathBuf {
+    std::env::var_os("KUBECONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| state_dir().join("admin.kubeconfig"))
+}
+
+/// Number of simulated GPU nodes the factory was started with.
+pub fn expected_gpu_nodes() -> usize {
+    std::env::var("AIFACTORY_NODES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(16)
+}
+
+async fn client_from(path: &Path, impersonate: Option<(&str, &[&str])>) -> Result<Client> {
+    let kubeconfig = Kubeconfig::read_from(path).with_context(|| {
+        format!(
+            "reading {}: is the local factory running? Start it with `make factory-up`",
+            path.display()
+        )
+    })?;
+    let mut config =
+        Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    if let Some((user, groups)) = impersonate {
+        config.auth_info.impersonate = Some(user.to_string());
+        config.auth_info.impersonate_groups = Some(groups.iter().map(|g| g.to_string()).collect());
+    }
+    Ok(Client::try_from(config)?)
+}
+
+/// A client with cluster-admin rights on the local factory.
+pub async fn admin() -> Result<Client> {
+    let client = client_from(&admin_kubeconfig(), None).await?;
+    client.apiserver_version().await.context(
+        "the local factory's API server does not answer: start it with `make factory-up`",
+    )?;
+    Ok(client)
+}
+
+/// A client acting as `user` in `groups`, through impersonation by the admin.
+pub async fn impersonate(user: &str, groups: &[&str]) -> Result<Client> {
+    client_from(&admin_kubeconfig(), Some((user, groups))).await
+}
+
+/// A client authenticating as `user` with its own client certificate, issued by the
+/// factory's CA through `hack/factory-user.sh`.
+pub async fn user_with_certificate(user: &str, groups: &[&str]) -> Result<Client> {
+    let out = Command::new(repo_root().join("hack/factory-user.sh"))
+        .arg(user)
+        .args(groups)
+        .output()
+        .context("running hack/factory-user.sh")?;
+    if !out.status.success() {
+        bail!(
+            "factory-user.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let path = String::from_utf8(out.stdout)?
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    client_from(Path::new(&path), None).await
+}
+
+/// The cached directory of the local factory's binaries (kubectl among them).
+pub fn bin_dir() -> Result<PathBuf> {
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg("source hack/versions.sh && echo $BIN_DIR")
+        .current_dir(repo_root())
+        .output()?;
+    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+}
+
+/// Runs the factory's kubectl with the admin kubeconfig; returns stdout or fails
+/// with stderr.
+pub fn kubectl(args: &[&str]) -> Result<String> {
+    let out = Command::new(bin_dir()?.join("kubectl"))
+        .env("KUBECONFIG", admin_kubeconfig())
+        .args(args)
+        .output()
+        .context("running kubectl")?;
+    if !out.status.success() {
+        bail!(
+            "kubectl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this test process: `<prefix>-<pid>-<n>`, a valid DNS label.
+pub fn unique_name(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{}-{n}", std::process::id())
+}
+
+/// A namespace owned by one test; deleted (without waiting) when dropped.
+pub struct TestNamespace {
+    /// The namespace's name.
+    pub name: String,
+}
+
+impl TestNamespace {
+    /// Creates a fresh namespace named after `prefix`.
+    pub async fn new(client: &Client, prefix: &str) -> Result<Self> {
+        let name = unique_name(prefix);
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some([("aifactory.dev/test".to_string(), "true".to_string())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await?;
+        Ok(Self { name })
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        // Drop cannot await: kubectl deletes without waiting, so a panicking test
+        // still leaves nothing behind.
+        let _ = kubectl(&[
+            "delete",
+            "namespace",
+            &self.name,
+            "--wait=false",
+            "--ignore-not-found",
+        ]);
+    }
+}
+
+/// Polls `check` every 250 ms until it returns `Some`, or fails after `timeout`
+/// with `what` and the last observation.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last_err = None;
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what} (last error: {last_err:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Installs the CRDs from `crds/` with server-side apply and waits until every one
+/// is Established. Idempotent: tests call it first.
+pub async fn install_crds(client: &Client) -> Result<()> {
+    let api = Api::<CustomResourceDefinition>::all(client.clone());
+    let mut names = vec![];
+    for entry in std::fs::read_dir(repo_root().join("crds"))? {
+        let path = entry?.path();
+        let crd: CustomResourceDefinition = serde_yaml::from_str(&std::fs::read_to_string(&path)?)
+            .with_context(|| format!("parsing {}", path.display()))?;
+        let name = crd.metadata.name.clone().context("CRD without name")?;
+        api.patch(
+            &name,
+            &PatchParams::apply(TEST_MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .with_context(|| format!("applying {}", path.display()))?;
+        names.push(name);
+    }
+    for name in names {
+        wait_for(
+            &format!("CRD {name} Established"),
+            Duration::from_secs(30),
+            || {
+                let api = api.clone();
+                let name = name.clone();
+                async move {
+                    let crd = api.get(&name).await?;
+                    let established = crd
+                        .status
+                        .and_then(|s| s.conditions)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True");
+                    Ok(established.then_some(()))
+                }
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The HTTP status code of a kube API error, if it is one.
+pub fn status_code(err: &kube::Error) -> Option<u16> {
+    match err {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}
