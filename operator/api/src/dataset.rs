@@ -108,7 +108,7 @@ pub struct Sharing {
     /// Tenants that may mount the dataset read-only. A grant that would move the
     /// data outside the owner's residency regions is refused.
     #[serde(default)]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 63)))]
     #[x_kube(merge_strategy = kube::core::ListMerge::Set)]
     pub tenants: Vec<String>,
 }

@@ -66,7 +66,8 @@ pub struct GpuPoolSpec {
     /// The most power (kilowatts) the pool's GPUs may draw at once; admission keeps
     /// the estimated draw (allocated GPUs × gpu.powerWatts) under it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0.001, max = 1000000.0))]
+    #[schemars(range(max = 1000000.0))]
+    #[x_kube(validation = Rule::new("self > 0.0").message("powerCapKilowatts must be greater than zero"))]
     pub power_cap_kilowatts: Option<f64>,
 
     /// Where the hardware is, for data residency.
@@ -108,7 +109,7 @@ pub struct Topology {
     /// Node label keys naming topology domains, outermost first, e.g.
     /// `[topology.aifactory.dev/block, topology.aifactory.dev/rack]`. A job's
     /// `topology.pack` names a level by the last segment of its key (`rack`).
-    #[schemars(length(min = 1, max = 4))]
+    #[schemars(length(min = 1, max = 4), inner(length(min = 1, max = 316)))]
     #[x_kube(validation = Rule::new("self.all(k, k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$'))").message("each topology level must be a node label key such as topology.aifactory.dev/rack"))]
     #[x_kube(validation = Rule::new("self.all(k, self.exists_one(o, o == k))").message("topology levels must be distinct"))]
     pub levels: Vec<String>,

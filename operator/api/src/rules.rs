@@ -3,7 +3,7 @@
 use kube::core::{Message, Rule};
 
 /// Go-style duration such as `90m`, `24h` or `1h30m`.
-pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$";
+pub const DURATION_PATTERN: &str = r"^([0-9]+([.][0-9]+)?(ns|us|ms|s|m|h))+$";
 
 /// The value must not change once the object exists.
 pub fn immutable(field: &str) -> Rule {

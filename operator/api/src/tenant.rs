@@ -73,9 +73,9 @@ pub struct TenantSpec {
     /// Namespaces the tenant gets; default: one named after the tenant. A namespace
     /// that already belongs to another tenant is refused, not adopted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 63)))]
     #[x_kube(merge_strategy = kube::core::ListMerge::Set)]
-    #[x_kube(validation = Rule::new("self.all(n, size(n) <= 63 && n.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))").message("each namespace must be a lowercase DNS label of at most 63 characters"))]
+    #[x_kube(validation = Rule::new("self.all(n, n.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))").message("each namespace must be a lowercase DNS label of at most 63 characters"))]
     pub namespaces: Vec<String>,
 
     /// GPUs per pool: guaranteed, and how much may be borrowed and lent. A pool
@@ -94,7 +94,7 @@ pub struct TenantSpec {
 
     /// PriorityClasses the tenant's jobs may use (empty: only the default priority).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16))]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 253)))]
     pub priority_classes: Vec<String>,
 
     /// GPU-hour budget; when exhausted new jobs stay queued (running jobs go on).
@@ -157,9 +157,9 @@ pub struct Budget {
 #[serde(rename_all = "camelCase")]
 pub struct Residency {
     /// Regions (GpuPool `location.region`) the tenant's jobs and data may use.
-    #[schemars(length(min = 1, max = 16))]
+    #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 63)))]
     #[x_kube(merge_strategy = kube::core::ListMerge::Set)]
-    #[x_kube(validation = Rule::new("self.all(r, size(r) <= 63 && r.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))").message("each region must be a lowercase DNS label such as eu-west"))]
+    #[x_kube(validation = Rule::new("self.all(r, r.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))").message("each region must be a lowercase DNS label such as eu-west"))]
     pub regions: Vec<String>,
 }
 
@@ -180,7 +180,7 @@ pub struct TenantStorage {
     pub max_request: String,
     /// StorageClasses the tenant may use (empty: any).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16))]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 253)))]
     pub classes: Vec<String>,
 }
 

@@ -67,12 +67,12 @@ pub struct TrainingJobSpec {
 
     /// Entrypoint (default: the image's). Typically `torchrun`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), inner(length(max = 4096)))]
     pub command: Vec<String>,
 
     /// Arguments to the entrypoint.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = 256), inner(length(max = 4096)))]
     pub args: Vec<String>,
 
     /// Extra environment of every pod. `MASTER_ADDR`, `MASTER_PORT`, `WORLD_SIZE`,
