@@ -1,0 +1,25 @@
+# aifactory: the two commands of the README, and the pieces they are made of.
+.PHONY: demo test factory-up factory-down tools crds bench
+
+## demo: build what is needed, start the local factory, install the CRDs, apply examples/, show the result
+demo:
+	hack/demo.sh
+
+## test: the whole test suite (lints, unit, property, CRD drift, integration on the local factory)
+test:
+	hack/test.sh
+
+## factory-up / factory-down: start or stop the local factory (16 simulated H100 nodes by default)
+factory-up:
+	hack/factory-up.sh
+
+factory-down:
+	hack/factory-down.sh
+
+## tools: build the local factory's binaries from the pinned Go modules (cached)
+tools:
+	hack/build-tools.sh
+
+## crds: regenerate crds/ from the Rust types
+crds:
+	cargo run --bin crdgen -- crds

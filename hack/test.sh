@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The whole test suite: what `make test` and CI (.ci/run) run.
+#   formatting and lints, unit and property tests, the CRD drift check, and the
+#   integration tests against the local factory (a real control plane).
+# Builds what is missing (cached), starts the local factory if it is not running,
+# and stops it again at the end if this script started it.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+step() { printf '\n== %s [%s]\n' "$*" "$(date +%H:%M:%S)"; }
+
+command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
+command -v go >/dev/null || { echo "go not found: Go >= 1.26 builds the local factory's binaries" >&2; exit 1; }
+for tool in openssl curl; do
+  command -v "$tool" >/dev/null || { step "installing $tool"; apt-get update -qq && apt-get install -y -qq "$tool"; }
+done
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "local factory binaries (cached after the first build)"
+hack/build-tools.sh >/dev/null
+
+started=0
+if bash -c 'source hack/factory-lib.sh && alive kube-apiserver && healthy kube-apiserver' 2>/dev/null; then
+  step "local factory already running: using it, leaving it running"
+else
+  step "starting the local factory"
+  hack/factory-up.sh >/dev/null
+  started=1
+fi
+stop() { if [ "$started" = 1 ]; then step "stopping the local factory"; hack/factory-down.sh >/dev/null 2>&1 || true; fi; }
+trap stop EXIT
+
+export KUBECONFIG=${AIFACTORY_STATE:-$HOME/.cache/aifactory/factory}/admin.kubeconfig
+step "cargo test --workspace (unit, property, drift and integration tests)"
+cargo test --workspace --no-fail-fast "$@"
