@@ -1,0 +1,846 @@
+//! One admission pass: the factory snapshot in, one decision per queued job out.
+//!
+//! For each job, in [queue](crate::queue) order:
+//! 1. **Refuse** what cannot start whatever the others do: priority not allowed,
+//!    residency, no quota, budget, a gang larger than the pool (or its best domain),
+//!    a draw over the power cap or a demand over quota even in an empty pool.
+//! 2. **Fit**: quota (guarantee, then borrowing), power cap, then a best-fit placement
+//!    of the whole gang on schedulable nodes (inside one domain if packed). If all
+//!    pass, admit: the GPUs are taken at once, so later jobs see them gone.
+//! 3. **Preempt** if allowed: lower-priority jobs of the same tenant, and — when the
+//!    job stays within its tenant's guarantee — jobs of tenants using more than their
+//!    guarantee, lowest priority and youngest first. Victims are added one by one
+//!    until the job fits; then each victim is dropped again if the job still fits
+//!    without it. If it never fits, nothing is evicted.
+//! 4. **Hold**: if the job is starving and its pool holds nothing yet, the pool holds
+//!    what the job needs (see [`Reservation`](crate::Reservation)) for the rest of
+//!    the pass, so smaller jobs may still backfill around it but not into it.
+//! 5. Otherwise it stays queued with the reason of the first check that failed.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::decision::{
+    Admission, Decision, Decisions, Eviction, Outcome, PendingReason, PoolUsage, PreemptionReason,
+    Reservation,
+};
+use crate::model::{Factory, GpuPool, QueuedJob, RunningJob};
+use crate::placement::{Fit, Miss, PoolNodes};
+use crate::queue::{Entry, Queue, Share};
+use crate::quota::{PoolLedger, QuotaShortfall};
+
+/// Decide, for every queued job of the factory, whether it starts now (and where,
+/// and whom it evicts) or why it waits. Pure: the same factory gives the same
+/// decisions.
+pub fn admit(factory: &Factory) -> Decisions {
+    Pass::new(factory).run()
+}
+
+/// A queued job that names a known tenant and pool and has a valid shape.
+#[derive(Debug, Clone)]
+struct Ask<'f> {
+    job: &'f QueuedJob,
+    pool: usize,
+    tenant: usize,
+    /// Index of the pack level in the pool's topology levels.
+    level: Option<usize>,
+    gpus: u64,
+    starving: bool,
+}
+
+/// A running job, resolved against its pool.
+#[derive(Debug)]
+struct Running<'f> {
+    job: &'f RunningJob,
+    tenant: Option<usize>,
+    nodes: Vec<u32>,
+    gpus: u64,
+    evicted: bool,
+}
+
+/// What the pool holds for its starving job.
+#[derive(Debug)]
+struct Hold<'f> {
+    /// The job's index among the asks, and its id.
+    job: usize,
+    id: &'f str,
+    tenant: usize,
+    gpus: u64,
+    nodes: Vec<u32>,
+    /// Nodes and power held too, not only quota.
+    physical: bool,
+}
+
+/// A preemption attempt that failed; a job asking for at least as much at no higher
+/// priority fails too while the pool is unchanged.
+#[derive(Debug)]
+struct FailedPreemption {
+    epoch: u64,
+    tenant: usize,
+    priority: i32,
+    nodes: u32,
+    gpus_per_node: u32,
+    level: Option<usize>,
+}
+
+struct PoolState<'f> {
+    spec: &'f GpuPool,
+    nodes: PoolNodes,
+    ledger: PoolLedger,
+    /// GPUs drawing power: unmanaged ones and those of admitted jobs, on all nodes.
+    allocated: u64,
+    unmanaged: u64,
+    /// Power held for the starving job, in GPUs.
+    held_power: u64,
+    power_cap_gpus: Option<u64>,
+    /// Running jobs, lowest priority and youngest first.
+    evict_order: Vec<usize>,
+    /// Bumped whenever GPUs change hands in the pool.
+    epoch: u64,
+    hold: Option<Hold<'f>>,
+    failed_preemptions: Vec<FailedPreemption>,
+}
+
+impl PoolState<'_> {
+    fn draw_kilowatts(&self, gpus: u64) -> f64 {
+        gpus as f64 * self.spec.power_watts / 1000.0
+    }
+}
+
+/// Why a job does not fit now.
+#[derive(Debug, Clone, Copy)]
+enum Block {
+    Quota(QuotaShortfall),
+    Power { would_use: u64 },
+    Placement(Miss),
+}
+
+/// A job that fits: where, and how much of it is borrowed.
+#[derive(Debug)]
+struct Plan {
+    fit: Fit,
+    borrowed: u64,
+}
+
+struct Pass<'f> {
+    factory: &'f Factory,
+    pools: Vec<PoolState<'f>>,
+    running: Vec<Running<'f>>,
+    budget_left: Vec<Option<f64>>,
+    pool_ids: HashMap<&'f str, usize>,
+    tenant_ids: HashMap<&'f str, usize>,
+}
+
+impl<'f> Pass<'f> {
+    fn new(factory: &'f Factory) -> Self {
+        let tenant_ids: HashMap<&str, usize> = factory
+            .tenants
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.as_str(), i))
+            .collect();
+        let pool_ids: HashMap<&str, usize> = factory
+            .pools
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.name.as_str(), i))
+            .collect();
+
+        let mut pools: Vec<PoolState> = factory
+            .pools
+            .iter()
+            .map(|spec| {
+                let nodes = PoolNodes::new(spec);
+                let mut ledger = PoolLedger::new(factory.tenants.len(), nodes.capacity_gpus());
+                for (t, tenant) in factory.tenants.iter().enumerate() {
+                    if let Some(q) = tenant.quotas.iter().rev().find(|q| q.pool == spec.name) {
+                        ledger.set_quota(
+                            t,
+                            q.gpus.into(),
+                            q.borrowing_limit.map(u64::from),
+                            q.lending_limit.map(u64::from),
+                        );
+                    }
+                }
+                let unmanaged = spec
+                    .nodes
+                    .iter()
+                    .map(|n| u64::from(n.unmanaged_gpus.min(n.gpus)))
+                    .sum();
+                let power_cap_gpus = match spec.power_cap_kilowatts {
+                    Some(cap) if spec.power_watts > 0.0 => {
+                        Some((cap.max(0.0) * 1000.0 / spec.power_watts + 1e-9).floor() as u64)
+                    }
+                    _ => None,
+                };
+                PoolState {
+                    spec,
+                    nodes,
+                    ledger,
+                    allocated: unmanaged,
+                    unmanaged,
+                    held_power: 0,
+                    power_cap_gpus,
+                    evict_order: Vec::new(),
+                    epoch: 0,
+                    hold: None,
+                    failed_preemptions: Vec::new(),
+                }
+            })
+            .collect();
+
+        // Running jobs hold their GPUs; a job naming an unknown pool holds nothing we
+        // can see, and an unknown node is skipped (its GPUs still count for quota
+        // and power).
+        let node_ids: Vec<HashMap<&str, u32>> = factory
+            .pools
+            .iter()
+            .map(|p| {
+                p.nodes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| (n.name.as_str(), i as u32))
+                    .collect()
+            })
+            .collect();
+        let mut running = Vec::new();
+        for job in &factory.running {
+            let Some(&p) = pool_ids.get(job.pool.as_str()) else {
+                continue;
+            };
+            let pool = &mut pools[p];
+            let nodes: Vec<u32> = job
+                .placement
+                .iter()
+                .filter_map(|name| node_ids[p].get(name.as_str()).copied())
+                .collect();
+            let tenant = tenant_ids.get(job.tenant.as_str()).copied();
+            let gpus = job.gpus();
+            for &node in &nodes {
+                pool.nodes.take(node, job.gpus_per_node);
+            }
+            if let Some(t) = tenant {
+                pool.ledger.take(t, gpus);
+            }
+            pool.allocated += gpus;
+            pool.evict_order.push(running.len());
+            running.push(Running {
+                job,
+                tenant,
+                nodes,
+                gpus,
+                evicted: false,
+            });
+        }
+        for pool in &mut pools {
+            pool.evict_order.sort_by(|&a, &b| {
+                let (a, b) = (running[a].job, running[b].job);
+                (
+                    a.priority,
+                    std::cmp::Reverse(a.admitted_at),
+                    std::cmp::Reverse(&a.id),
+                )
+                    .cmp(&(
+                        b.priority,
+                        std::cmp::Reverse(b.admitted_at),
+                        std::cmp::Reverse(&b.id),
+                    ))
+            });
+        }
+
+        Self {
+            factory,
+            pools,
+            running,
+            budget_left: factory
+                .tenants
+                .iter()
+                .map(|t| t.budget_gpu_hours_left)
+                .collect(),
+            pool_ids,
+            tenant_ids,
+        }
+    }
+
+    fn run(mut self) -> Decisions {
+        let factory = self.factory;
+        let (asks, rejected) = self.asks();
+        let entries = asks
+            .iter()
+            .enumerate()
+            .map(|(i, a)| Entry {
+                job: i,
+                tenant: a.tenant,
+                priority: a.job.priority,
+                created: a.job.created,
+                queued_since: a.job.queued_since,
+                starving: a.starving,
+                id: a.job.id.as_str(),
+            })
+            .collect();
+        let shares = factory
+            .tenants
+            .iter()
+            .map(|t| Share {
+                used_gpu_hours: t.usage_gpu_hours,
+                weight: if t.weight > 0.0 {
+                    t.weight
+                } else {
+                    f64::MIN_POSITIVE
+                },
+            })
+            .collect();
+        let mut queue = Queue::new(entries, shares);
+        let mut decisions = Vec::with_capacity(factory.queued.len());
+        while let Some(entry) = queue.next() {
+            let ask = &asks[entry.job];
+            let outcome = self.consider(entry.job, ask);
+            if outcome.admission().is_some() {
+                queue.charge(
+                    ask.tenant,
+                    ask.gpus as f64 * factory.policy.pass_charge_hours,
+                );
+            }
+            decisions.push(decision(ask.job, outcome));
+        }
+        for (job, reason) in rejected {
+            decisions.push(decision(
+                job,
+                Outcome::Queued {
+                    position: 0,
+                    reason,
+                },
+            ));
+        }
+
+        // Positions: per pool, in the order considered.
+        let mut positions: HashMap<String, u32> = HashMap::new();
+        for d in &mut decisions {
+            if let Outcome::Queued { position, reason } = &mut d.outcome {
+                if !positions.contains_key(&d.pool) {
+                    positions.insert(d.pool.clone(), 0);
+                }
+                let count = positions.get_mut(&d.pool).expect("inserted above");
+                *count += 1;
+                *position = *count;
+                reason.set_jobs_ahead(*count - 1);
+            }
+        }
+
+        let pools = self.pools.iter().map(|p| self.usage(p)).collect();
+        Decisions { decisions, pools }
+    }
+
+    /// Resolve queued jobs; the malformed ones are refused at once.
+    #[allow(clippy::type_complexity)]
+    fn asks(&self) -> (Vec<Ask<'f>>, Vec<(&'f QueuedJob, PendingReason)>) {
+        let factory = self.factory;
+        let mut seen: HashSet<&str> = factory.running.iter().map(|r| r.id.as_str()).collect();
+        let mut asks = Vec::with_capacity(factory.queued.len());
+        let mut rejected = Vec::new();
+        for job in &factory.queued {
+            let refuse = |reason| (job, reason);
+            if !seen.insert(job.id.as_str()) {
+                rejected.push(refuse(PendingReason::Duplicate {
+                    job: job.id.clone(),
+                }));
+                continue;
+            }
+            let Some(&tenant) = self.tenant_ids.get(job.tenant.as_str()) else {
+                rejected.push(refuse(PendingReason::UnknownTenant {
+                    tenant: job.tenant.clone(),
+                }));
+                continue;
+            };
+            let Some(&pool) = self.pool_ids.get(job.pool.as_str()) else {
+                rejected.push(refuse(PendingReason::UnknownPool {
+                    pool: job.pool.clone(),
+                }));
+                continue;
+            };
+            if job.nodes == 0 || job.gpus_per_node == 0 {
+                rejected.push(refuse(PendingReason::InvalidShape {
+                    nodes: job.nodes,
+                    gpus_per_node: job.gpus_per_node,
+                }));
+                continue;
+            }
+            let levels = &factory.pools[pool].topology_levels;
+            let level = match &job.pack {
+                None => None,
+                Some(level) => match levels.iter().position(|l| l == level) {
+                    Some(l) => Some(l),
+                    None => {
+                        rejected.push(refuse(PendingReason::UnknownTopologyLevel {
+                            pool: job.pool.clone(),
+                            level: level.clone(),
+                            levels: levels.clone(),
+                        }));
+                        continue;
+                    }
+                },
+            };
+            asks.push(Ask {
+                job,
+                pool,
+                tenant,
+                level,
+                gpus: job.gpus(),
+                starving: factory.now.saturating_sub(job.queued_since)
+                    >= factory.policy.starving_after,
+            });
+        }
+        (asks, rejected)
+    }
+
+    fn consider(&mut self, index: usize, a: &Ask<'f>) -> Outcome {
+        let queued = |reason| Outcome::Queued {
+            position: 0,
+            reason,
+        };
+        if let Some(reason) = self.refusal(a) {
+            return queued(reason);
+        }
+        let block = match self.fit(a) {
+            Ok(plan) => {
+                let admission = self.commit(a, plan);
+                return Outcome::Admit(admission);
+            }
+            Err(block) => block,
+        };
+        if let Some(evict) = self.preempt(a) {
+            let plan = self
+                .fit(a)
+                .expect("preemption leaves the job fitting: checked before committing");
+            let admission = self.commit(a, plan);
+            return Outcome::PreemptToAdmit { evict, admission };
+        }
+        match self.pools[a.pool].hold.as_ref().map(|h| (h.job, h.id)) {
+            None if a.starving => self.hold(index, a, block),
+            Some((held, id)) if held != index && self.fits_without_hold(a) => {
+                return queued(PendingReason::HeldForWaitingJob {
+                    pool: a.job.pool.clone(),
+                    job: id.to_owned(),
+                    jobs_ahead: 0,
+                });
+            }
+            _ => {}
+        }
+        queued(self.reason(a, block))
+    }
+
+    /// Why the job cannot start whatever the others do, if so.
+    fn refusal(&self, a: &Ask) -> Option<PendingReason> {
+        let job = a.job;
+        let tenant = &self.factory.tenants[a.tenant];
+        let pool = &self.pools[a.pool];
+        if let Some(allowed) = &tenant.allowed_priorities
+            && !allowed.contains(&job.priority)
+        {
+            return Some(PendingReason::PriorityNotAllowed {
+                tenant: tenant.name.clone(),
+                priority: job.priority,
+                allowed: allowed.clone(),
+            });
+        }
+        if !tenant.residency_regions.is_empty()
+            && !tenant.residency_regions.contains(&pool.spec.region)
+        {
+            return Some(PendingReason::Residency {
+                tenant: tenant.name.clone(),
+                pool: pool.spec.name.clone(),
+                pool_region: pool.spec.region.clone(),
+                allowed_regions: tenant.residency_regions.clone(),
+            });
+        }
+        if !pool.ledger.has_quota(a.tenant) {
+            return Some(PendingReason::NoQuota {
+                tenant: tenant.name.clone(),
+                pool: pool.spec.name.clone(),
+            });
+        }
+        if let Some(left) = self.budget_left[a.tenant] {
+            if left <= 0.0 {
+                return Some(PendingReason::BudgetExhausted {
+                    tenant: tenant.name.clone(),
+                    left_gpu_hours: left.max(0.0),
+                });
+            }
+            if let Some(needed) = job.estimated_gpu_hours
+                && needed > left
+            {
+                return Some(PendingReason::OverBudget {
+                    tenant: tenant.name.clone(),
+                    needed_gpu_hours: needed,
+                    left_gpu_hours: left,
+                });
+            }
+        }
+        let max_nodes = pool.nodes.max_nodes(job.gpus_per_node, a.level);
+        if max_nodes < job.nodes {
+            return Some(PendingReason::TooLarge {
+                pool: pool.spec.name.clone(),
+                nodes: job.nodes,
+                gpus_per_node: job.gpus_per_node,
+                level: job.pack.clone(),
+                max_nodes,
+            });
+        }
+        if let Some(cap) = pool.power_cap_gpus
+            && pool.unmanaged + a.gpus > cap
+        {
+            return Some(self.reason(
+                a,
+                Block::Power {
+                    would_use: pool.unmanaged + a.gpus,
+                },
+            ));
+        }
+        if let Err(shortfall) = pool.ledger.could_ever_fit(a.tenant, a.gpus) {
+            return Some(self.reason(a, Block::Quota(shortfall)));
+        }
+        None
+    }
+
+    /// Does the job fit now: quota, power, placement?
+    fn fit(&self, a: &Ask) -> Result<Plan, Block> {
+        let pool = &self.pools[a.pool];
+        let borrowed = pool.ledger.check(a.tenant, a.gpus).map_err(Block::Quota)?;
+        if let Some(cap) = pool.power_cap_gpus {
+            let would_use = pool.allocated + pool.held_power + a.gpus;
+            if would_use > cap {
+                return Err(Block::Power { would_use });
+            }
+        }
+        let fit = pool
+            .nodes
+            .find(a.job.nodes, a.job.gpus_per_node, a.level)
+            .map_err(Block::Placement)?;
+        Ok(Plan { fit, borrowed })
+    }
+
+    /// Admit: the job takes its GPUs now.
+    fn commit(&mut self, a: &Ask, plan: Plan) -> Admission {
+        let pool = &mut self.pools[a.pool];
+        for &node in &plan.fit.nodes {
+            pool.nodes.take(node, a.job.gpus_per_node);
+        }
+        pool.ledger.take(a.tenant, a.gpus);
+        pool.allocated += a.gpus;
+        pool.epoch += 1;
+        if let (Some(left), Some(spent)) =
+            (&mut self.budget_left[a.tenant], a.job.estimated_gpu_hours)
+        {
+            *left -= spent;
+        }
+        Admission {
+            placement: plan
+                .fit
+                .nodes
+                .iter()
+                .map(|&n| pool.spec.nodes[n as usize].name.clone())
+                .collect(),
+            domain: plan
+                .fit
+                .domain
+                .zip(a.level)
+                .map(|(d, l)| pool.nodes.domain_name(l, d).to_owned()),
+            borrowed_gpus: u32::try_from(plan.borrowed).unwrap_or(u32::MAX),
+        }
+    }
+
+    fn evict(&mut self, pool: usize, r: usize) {
+        let job = &self.running[r];
+        let pool = &mut self.pools[pool];
+        for &node in &job.nodes {
+            pool.nodes.give_back(node, job.job.gpus_per_node);
+        }
+        if let Some(t) = job.tenant {
+            pool.ledger.give_back(t, job.gpus);
+        }
+        pool.allocated -= job.gpus;
+    }
+
+    fn unevict(&mut self, pool: usize, r: usize) {
+        let job = &self.running[r];
+        let pool = &mut self.pools[pool];
+        for &node in &job.nodes {
+            pool.nodes.take(node, job.job.gpus_per_node);
+        }
+        if let Some(t) = job.tenant {
+            pool.ledger.take(t, job.gpus);
+        }
+        pool.allocated += job.gpus;
+    }
+
+    /// May the job reclaim GPUs of borrowers: does it stay within its guarantee?
+    fn within_guarantee(&self, a: &Ask) -> bool {
+        let ledger = &self.pools[a.pool].ledger;
+        ledger.usage(a.tenant) + a.gpus <= ledger.guaranteed(a.tenant)
+    }
+
+    /// Are these victims, evicted in this order, all fair game: the same tenant's
+    /// lower-priority jobs, or jobs of tenants above their guarantee at the moment of
+    /// eviction while the job stays within its own? Evaluated with the victims
+    /// evicted.
+    fn victims_valid(&self, a: &Ask, victims: &[usize]) -> bool {
+        let ledger = &self.pools[a.pool].ledger;
+        let mut reclaims = false;
+        for (k, &v) in victims.iter().enumerate() {
+            let Some(t) = self.running[v].tenant else {
+                return false;
+            };
+            if t == a.tenant {
+                continue;
+            }
+            reclaims = true;
+            // t's usage just before this eviction.
+            let later: u64 = victims[k..]
+                .iter()
+                .filter(|&&w| self.running[w].tenant == Some(t))
+                .map(|&w| self.running[w].gpus)
+                .sum();
+            if ledger.used(t) + later <= ledger.guaranteed(t) {
+                return false;
+            }
+        }
+        !reclaims || self.within_guarantee(a)
+    }
+
+    /// Evict the fewest running jobs (in eviction order) that let the job fit, if
+    /// any set does; the evictions are committed.
+    fn preempt(&mut self, a: &Ask) -> Option<Vec<Eviction>> {
+        let p = a.pool;
+        let job = a.job;
+        let pool = &self.pools[p];
+        if pool.failed_preemptions.iter().any(|f| {
+            f.epoch == pool.epoch
+                && f.tenant == a.tenant
+                && f.priority >= job.priority
+                && f.nodes <= job.nodes
+                && f.gpus_per_node <= job.gpus_per_node
+                && f.level == a.level
+        }) {
+            return None;
+        }
+        let may_reclaim = pool.ledger.anyone_borrowing();
+        let candidates: Vec<usize> = pool
+            .evict_order
+            .iter()
+            .copied()
+            .filter(|&r| {
+                let run = &self.running[r];
+                !run.evicted
+                    && match run.tenant {
+                        Some(t) if t == a.tenant => run.job.priority < job.priority,
+                        Some(t) => may_reclaim && pool.ledger.is_borrowing(t),
+                        None => false,
+                    }
+            })
+            .collect();
+        let reachable: u64 = candidates.iter().map(|&r| self.running[r].gpus).sum();
+        if candidates.is_empty() || pool.nodes.free_gpus() + reachable < a.gpus {
+            self.remember_failure(a);
+            return None;
+        }
+
+        let mut victims = Vec::new();
+        let mut fits = false;
+        for r in candidates {
+            let run = &self.running[r];
+            if let Some(t) = run.tenant
+                && t != a.tenant
+                && !(self.within_guarantee(a) && self.pools[p].ledger.is_borrowing(t))
+            {
+                continue;
+            }
+            self.evict(p, r);
+            victims.push(r);
+            if self.fit(a).is_ok() {
+                fits = true;
+                break;
+            }
+        }
+        if !fits {
+            for &r in victims.iter().rev() {
+                self.unevict(p, r);
+            }
+            self.remember_failure(a);
+            return None;
+        }
+        // Drop every victim the job does not need, last added first.
+        for i in (0..victims.len()).rev() {
+            let r = victims.remove(i);
+            self.unevict(p, r);
+            if self.victims_valid(a, &victims) && self.fit(a).is_ok() {
+                continue;
+            }
+            self.evict(p, r);
+            victims.insert(i, r);
+        }
+
+        self.pools[p].epoch += 1;
+        let evictions = victims
+            .iter()
+            .map(|&r| {
+                self.running[r].evicted = true;
+                let run = &self.running[r];
+                let reason = if run.tenant == Some(a.tenant) {
+                    PreemptionReason::HigherPriority {
+                        by_job: job.id.clone(),
+                        by_priority: job.priority,
+                        priority: run.job.priority,
+                    }
+                } else {
+                    PreemptionReason::ReclaimGuarantee {
+                        by_job: job.id.clone(),
+                        by_tenant: job.tenant.clone(),
+                        pool: job.pool.clone(),
+                    }
+                };
+                Eviction {
+                    job: run.job.id.clone(),
+                    tenant: run.job.tenant.clone(),
+                    reason,
+                }
+            })
+            .collect();
+        Some(evictions)
+    }
+
+    fn remember_failure(&mut self, a: &Ask) {
+        let pool = &mut self.pools[a.pool];
+        let epoch = pool.epoch;
+        pool.failed_preemptions.retain(|f| f.epoch == epoch);
+        pool.failed_preemptions.push(FailedPreemption {
+            epoch,
+            tenant: a.tenant,
+            priority: a.job.priority,
+            nodes: a.job.nodes,
+            gpus_per_node: a.job.gpus_per_node,
+            level: a.level,
+        });
+    }
+
+    /// The pool holds what the starving job needs for the rest of the pass.
+    fn hold(&mut self, index: usize, a: &Ask<'f>, block: Block) {
+        let pool = &mut self.pools[a.pool];
+        let physical = !matches!(block, Block::Quota(_));
+        let nodes = if physical {
+            pool.nodes
+                .reservation(a.job.nodes, a.job.gpus_per_node, a.level)
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        for &node in &nodes {
+            pool.nodes.exclude(node);
+        }
+        pool.ledger.hold(a.tenant, a.gpus);
+        if physical {
+            pool.held_power += a.gpus;
+        }
+        pool.hold = Some(Hold {
+            job: index,
+            id: a.job.id.as_str(),
+            tenant: a.tenant,
+            gpus: a.gpus,
+            nodes,
+            physical,
+        });
+    }
+
+    fn set_hold(&mut self, pool: usize, on: bool) {
+        let pool = &mut self.pools[pool];
+        let Some(hold) = &pool.hold else { return };
+        for &node in &hold.nodes {
+            if on {
+                pool.nodes.exclude(node);
+            } else {
+                pool.nodes.include(node);
+            }
+        }
+        let power = if hold.physical { hold.gpus } else { 0 };
+        if on {
+            pool.ledger.hold(hold.tenant, hold.gpus);
+            pool.held_power += power;
+        } else {
+            pool.ledger.release(hold.tenant, hold.gpus);
+            pool.held_power -= power;
+        }
+    }
+
+    /// Would the job fit if its pool held nothing?
+    fn fits_without_hold(&mut self, a: &Ask) -> bool {
+        self.set_hold(a.pool, false);
+        let fits = self.fit(a).is_ok();
+        self.set_hold(a.pool, true);
+        fits
+    }
+
+    fn reason(&self, a: &Ask, block: Block) -> PendingReason {
+        let pool = &self.pools[a.pool];
+        let job = a.job;
+        match block {
+            Block::Quota(s) => PendingReason::Quota {
+                tenant: job.tenant.clone(),
+                pool: job.pool.clone(),
+                would_use: s.would_use,
+                guaranteed: s.guaranteed,
+                borrowable: s.borrowable,
+            },
+            Block::Power { would_use } => PendingReason::PowerCap {
+                pool: job.pool.clone(),
+                would_draw_kilowatts: pool.draw_kilowatts(would_use),
+                cap_kilowatts: pool.spec.power_cap_kilowatts.unwrap_or_default(),
+            },
+            Block::Placement(Miss::Capacity {
+                free_gpus,
+                fitting_nodes,
+            }) => PendingReason::Capacity {
+                pool: job.pool.clone(),
+                gpu_model: pool.spec.gpu_model.clone(),
+                nodes: job.nodes,
+                gpus_per_node: job.gpus_per_node,
+                free_gpus,
+                fitting_nodes,
+                jobs_ahead: 0,
+            },
+            Block::Placement(Miss::Topology) => PendingReason::Topology {
+                pool: job.pool.clone(),
+                level: job.pack.clone().unwrap_or_default(),
+                nodes: job.nodes,
+                gpus_per_node: job.gpus_per_node,
+                jobs_ahead: 0,
+            },
+        }
+    }
+
+    fn usage(&self, pool: &PoolState) -> PoolUsage {
+        PoolUsage {
+            pool: pool.spec.name.clone(),
+            capacity_gpus: pool.nodes.capacity_gpus(),
+            allocated_gpus: pool.allocated,
+            free_gpus: pool.nodes.free_gpus_schedulable(),
+            power_kilowatts: pool.draw_kilowatts(pool.allocated),
+            power_cap_kilowatts: pool.spec.power_cap_kilowatts,
+            reservation: pool.hold.as_ref().map(|h| Reservation {
+                job: h.id.to_owned(),
+                nodes: h
+                    .nodes
+                    .iter()
+                    .map(|&n| pool.spec.nodes[n as usize].name.clone())
+                    .collect(),
+                gpus: h.gpus,
+            }),
+        }
+    }
+}
+
+fn decision(job: &QueuedJob, outcome: Outcome) -> Decision {
+    Decision {
+        job: job.id.clone(),
+        tenant: job.tenant.clone(),
+        pool: job.pool.clone(),
+        outcome,
+    }
+}
