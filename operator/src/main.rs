@@ -1,1 +1,212 @@
-fn main() {}
+//! `aifactory run`: the operator. Waits for its CRDs, serves /healthz, /readyz and
+//! /metrics, takes the leader Lease, then runs every controller until SIGTERM.
+use aifactory::context::Context;
+use aifactory::controllers::{gpupool, pods, tenant};
+use aifactory::leader::Election;
+use aifactory::metrics::Metrics;
+use aifactory::server::{self, Health};
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::Api;
+use kube::runtime::reflector;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "aifactory",
+    about = "The aifactory operator: a multi-tenant AI factory on Kubernetes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every controller (the operator).
+    Run(RunArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text", env = "AIFACTORY_LOG_FORMAT")]
+    log_format: LogFormat,
+    /// Log filter (tracing env-filter syntax).
+    #[arg(long, default_value = "info", env = "AIFACTORY_LOG")]
+    log_level: String,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, default_value = "0.0.0.0:8080", env = "AIFACTORY_HTTP_ADDR")]
+    http_addr: SocketAddr,
+    /// Objects each controller reconciles at once.
+    #[arg(long, default_value_t = 4, env = "AIFACTORY_CONCURRENCY")]
+    concurrency: u16,
+    /// Namespace of the leader-election Lease.
+    #[arg(long, default_value = "default", env = "AIFACTORY_LEASE_NAMESPACE")]
+    lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(
+        long,
+        default_value = "aifactory-operator",
+        env = "AIFACTORY_LEASE_NAME"
+    )]
+    lease_name: String,
+    /// This replica's identity (defaults to the pod or host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How long to wait for the CRDs to be established.
+    #[arg(long, default_value_t = 60)]
+    crd_timeout_seconds: u64,
+}
+
+fn init_logging(format: LogFormat, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Waits until every aifactory CRD is Established, or fails naming the missing ones.
+async fn wait_for_crds(client: &Client, timeout: Duration) -> anyhow::Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let mut missing = vec![];
+        for (_, crd) in aifactory_api::crds() {
+            let name = crd.name_any();
+            let established = api
+                .get_opt(&name)
+                .await?
+                .and_then(|c| c.status)
+                .and_then(|s| s.conditions)
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                });
+            if !established {
+                missing.push(name);
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "CRDs not installed or not established: {}. Install them with `kubectl apply --server-side -f crds/`",
+                missing.join(", ")
+            );
+        }
+        tracing::warn!(?missing, "waiting for CRDs to be established");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+async fn terminate() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format, &args.log_level);
+    let client = Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health::default());
+    tokio::spawn(server::serve(
+        args.http_addr,
+        metrics.clone(),
+        health.clone(),
+    ));
+    wait_for_crds(&client, Duration::from_secs(args.crd_timeout_seconds)).await?;
+    health.ready.store(true, Ordering::Relaxed);
+
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "aifactory".into())
+            + &format!("-{}", std::process::id())
+    });
+    let election = Election {
+        namespace: args.lease_namespace.clone(),
+        name: args.lease_name.clone(),
+        identity: identity.clone(),
+        lease_duration: Duration::from_secs(15),
+        renew_every: Duration::from_secs(5),
+    };
+    // A standby waits here, writing nothing, until the leader goes.
+    tokio::select! {
+        _ = election.acquire(&client) => {},
+        _ = terminate() => { tracing::info!("terminated while standing by"); return Ok(()); }
+    }
+    health.leader.store(true, Ordering::Relaxed);
+
+    let ctx = Context::new(client.clone(), metrics, identity);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let (pool_reader, pool_writer) = reflector::store();
+    let pool_stream = reflector::reflector(
+        pool_writer,
+        watcher(Api::all(client.clone()), watcher::Config::default()).default_backoff(),
+    )
+    .touched_objects();
+    let mut controllers = tokio::task::JoinSet::new();
+    controllers.spawn(gpupool::run(
+        client.clone(),
+        ctx.clone(),
+        pods::reflect(client.clone()),
+        args.concurrency,
+        stopped(),
+    ));
+    controllers.spawn(tenant::run(
+        client.clone(),
+        ctx.clone(),
+        (pool_reader, pool_stream),
+        args.concurrency,
+        stopped(),
+    ));
+    tracing::info!("controllers running");
+
+    let outcome = tokio::select! {
+        _ = terminate() => { tracing::info!("SIGTERM: finishing reconciles in flight"); Ok(()) }
+        _ = election.hold(&client) => Err(anyhow::anyhow!("lost the leader lease; exiting so a fresh start re-elects")),
+        _ = controllers.join_next() => Err(anyhow::anyhow!("a controller stopped unexpectedly")),
+    };
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(20), async {
+        while controllers.join_next().await.is_some() {}
+    })
+    .await;
+    election.release(&client).await;
+    outcome
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Run(args) => run(args).await,
+    }
+}

@@ -114,6 +114,13 @@ enum Block {
     Placement(Miss),
 }
 
+/// Why a job does not fit now, and whether its quota would allow it.
+#[derive(Debug, Clone, Copy)]
+struct Blocked {
+    block: Block,
+    quota_ok: bool,
+}
+
 /// A job that fits: where, and how much of it is borrowed.
 #[derive(Debug)]
 struct Plan {
@@ -425,7 +432,7 @@ impl<'f> Pass<'f> {
             }
             _ => {}
         }
-        queued(self.reason(a, block))
+        queued(self.reason(a, block.block))
     }
 
     /// Why the job cannot start whatever the others do, if so.
@@ -501,20 +508,30 @@ impl<'f> Pass<'f> {
         None
     }
 
-    /// Does the job fit now: quota, power, placement?
-    fn fit(&self, a: &Ask) -> Result<Plan, Block> {
+    /// Does the job fit now: quota, power, placement? When several fail, the
+    /// reason told is the tenant's own borrowing limit, else the lack of GPUs, else
+    /// power, else what others borrow — the most useful to read first.
+    fn fit(&self, a: &Ask) -> Result<Plan, Blocked> {
         let pool = &self.pools[a.pool];
-        let borrowed = pool.ledger.check(a.tenant, a.gpus).map_err(Block::Quota)?;
-        if let Some(cap) = pool.power_cap_gpus {
-            let would_use = pool.allocated + pool.held_power + a.gpus;
-            if would_use > cap {
-                return Err(Block::Power { would_use });
-            }
+        let quota = pool.ledger.check(a.tenant, a.gpus);
+        let quota_ok = quota.is_ok();
+        let blocked = |block| Blocked { block, quota_ok };
+        if let Err(shortfall) = quota
+            && shortfall.own_limit
+        {
+            return Err(blocked(Block::Quota(shortfall)));
         }
         let fit = pool
             .nodes
             .find(a.job.nodes, a.job.gpus_per_node, a.level)
-            .map_err(Block::Placement)?;
+            .map_err(|miss| blocked(Block::Placement(miss)))?;
+        if let Some(cap) = pool.power_cap_gpus {
+            let would_use = pool.allocated + pool.held_power + a.gpus;
+            if would_use > cap {
+                return Err(blocked(Block::Power { would_use }));
+            }
+        }
+        let borrowed = quota.map_err(|shortfall| blocked(Block::Quota(shortfall)))?;
         Ok(Plan { fit, borrowed })
     }
 
@@ -722,9 +739,11 @@ impl<'f> Pass<'f> {
     }
 
     /// The pool holds what the starving job needs for the rest of the pass.
-    fn hold(&mut self, index: usize, a: &Ask<'f>, block: Block) {
+    fn hold(&mut self, index: usize, a: &Ask<'f>, blocked: Blocked) {
         let pool = &mut self.pools[a.pool];
-        let physical = !matches!(block, Block::Quota(_));
+        // Nodes and power are held only for a job its quota lets start: one waiting
+        // for quota may wait on lenders for long, and idle held nodes with it.
+        let physical = blocked.quota_ok;
         let nodes = if physical {
             pool.nodes
                 .reservation(a.job.nodes, a.job.gpus_per_node, a.level)
@@ -842,5 +861,524 @@ fn decision(job: &QueuedJob, outcome: Outcome) -> Decision {
         tenant: job.tenant.clone(),
         pool: job.pool.clone(),
         outcome,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Node, Quota, Tenant};
+
+    /// Two racks of four 8-GPU H100 nodes: 64 GPUs, `h100-r<rack>-n<i>`.
+    fn h100() -> GpuPool {
+        GpuPool::new("h100", "H100-80GB").racks(2, 4, 8)
+    }
+
+    fn run(id: &str, tenant: &str, gpus_per_node: u32, nodes: &[&str]) -> RunningJob {
+        RunningJob::new(id, tenant, "h100", gpus_per_node, nodes)
+    }
+
+    fn job(id: &str, tenant: &str) -> QueuedJob {
+        QueuedJob::new(id, tenant, "h100")
+    }
+
+    fn outcome<'d>(decisions: &'d Decisions, job: &str) -> &'d Outcome {
+        &decisions
+            .get(job)
+            .expect("every queued job is decided")
+            .outcome
+    }
+
+    fn placement(decisions: &Decisions, job: &str) -> Vec<String> {
+        outcome(decisions, job)
+            .admission()
+            .unwrap_or_else(|| panic!("{job} should start: {:?}", outcome(decisions, job)))
+            .placement
+            .clone()
+    }
+
+    fn why(decisions: &Decisions, job: &str) -> String {
+        outcome(decisions, job)
+            .pending_reason()
+            .unwrap_or_else(|| panic!("{job} should wait: {:?}", outcome(decisions, job)))
+            .to_string()
+    }
+
+    fn evicted(decisions: &Decisions, job: &str) -> Vec<String> {
+        match outcome(decisions, job) {
+            Outcome::PreemptToAdmit { evict, .. } => evict.iter().map(|e| e.job.clone()).collect(),
+            other => panic!("{job} should preempt: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn acme_with_16_guaranteed_gpus_starts_a_2_node_job_while_beta_borrows_8() {
+        let factory = Factory::new()
+            .pool(h100())
+            .tenant(Tenant::new("acme").quota(Quota::new("h100", 16)))
+            .tenant(Tenant::new("beta").quota(Quota::new("h100", 8)))
+            .run(run("beta/sweep", "beta", 8, &["h100-r0-n0", "h100-r0-n1"]))
+            .submit(job("acme/llm", "acme").nodes(2).gpus_per_node(8));
+        let decisions = admit(&factory);
+        let nodes = placement(&decisions, "acme/llm");
+        assert_eq!(nodes.len(), 2);
+        assert_ne!(nodes[0], nodes[1]);
+        assert!(!nodes.iter().any(|n| n == "h100-r0-n0" || n == "h100-r0-n1"));
+        let admission = outcome(&decisions, "acme/llm").admission().unwrap();
+        assert_eq!(admission.borrowed_gpus, 0);
+        let pool = decisions.pool("h100").unwrap();
+        assert_eq!((pool.allocated_gpus, pool.free_gpus), (32, 32));
+    }
+
+    /// One rack of four 8-GPU nodes; acme is guaranteed 16, beta 8, 8 are nobody's.
+    /// beta fills the rack with four one-node jobs, borrowing 24.
+    fn beta_fills_the_rack() -> Factory {
+        let racks = |n: &str| format!("h100-r0-n{n}");
+        let on = |i: &str| racks(i);
+        Factory::new()
+            .pool(GpuPool::new("h100", "H100-80GB").racks(1, 4, 8))
+            .tenant(Tenant::new("acme").quota(Quota::new("h100", 16)))
+            .tenant(Tenant::new("beta").quota(Quota::new("h100", 8)))
+            .run(run("beta/a", "beta", 8, &[&on("0")]).admitted_at(1))
+            .run(run("beta/b", "beta", 8, &[&on("1")]).admitted_at(2))
+            .run(
+                run("beta/c", "beta", 8, &[&on("2")])
+                    .admitted_at(3)
+                    .priority(10),
+            )
+            .run(run("beta/d", "beta", 8, &[&on("3")]).admitted_at(4))
+    }
+
+    #[test]
+    fn acme_reclaims_its_guarantee_from_beta_youngest_lowest_priority_first() {
+        let factory =
+            beta_fills_the_rack().submit(job("acme/llm", "acme").nodes(2).gpus_per_node(8));
+        let decisions = admit(&factory);
+        assert_eq!(evicted(&decisions, "acme/llm"), ["beta/d", "beta/b"]);
+        let eviction = decisions.evictions().next().unwrap();
+        assert_eq!(
+            eviction.reason.to_string(),
+            "preempted: tenant acme reclaims its guaranteed GPUs in pool h100 (for job \
+             acme/llm); this job was using borrowed GPUs"
+        );
+        let mut nodes = placement(&decisions, "acme/llm");
+        nodes.sort();
+        assert_eq!(nodes, ["h100-r0-n1", "h100-r0-n3"]);
+    }
+
+    #[test]
+    fn a_job_beyond_its_guarantee_does_not_reclaim() {
+        let factory =
+            beta_fills_the_rack().submit(job("acme/big", "acme").nodes(3).gpus_per_node(8));
+        let decisions = admit(&factory);
+        assert_eq!(decisions.evictions().count(), 0);
+        assert!(why(&decisions, "acme/big").starts_with("waiting for 24 H100-80GB GPUs"));
+    }
+
+    #[test]
+    fn nothing_is_evicted_when_the_evictions_would_not_make_the_job_fit() {
+        // beta borrows one node in each rack; gamma uses its guarantee on the others.
+        let factory = Factory::new()
+            .pool(GpuPool::new("h100", "H100-80GB").racks(2, 2, 8))
+            .tenant(Tenant::new("acme").quota(Quota::new("h100", 16)))
+            .tenant(Tenant::new("beta").quota(Quota::new("h100", 0)))
+            .tenant(Tenant::new("gamma").quota(Quota::new("h100", 16)))
+            .run(run("beta/1", "beta", 8, &["h100-r0-n0"]))
+            .run(run("beta/2", "beta", 8, &["h100-r1-n0"]))
+            .run(run("gamma/1", "gamma", 8, &["h100-r0-n1", "h100-r1-n1"]))
+            .submit(
+                job("acme/rack", "acme")
+                    .nodes(2)
+                    .gpus_per_node(8)
+                    .pack("rack"),
+            );
+        let decisions = admit(&factory);
+        assert_eq!(decisions.evictions().count(), 0);
+        assert_eq!(
+            why(&decisions, "acme/rack"),
+            "waiting for 16 H100-80GB GPUs in pool h100; 0 free; next in line"
+        );
+    }
+
+    #[test]
+    fn an_urgent_job_preempts_its_own_tenants_lower_priority_work_only() {
+        let factory = Factory::new()
+            .pool(GpuPool::new("h100", "H100-80GB").racks(1, 2, 8))
+            .tenant(Tenant::new("acme").quota(Quota::new("h100", 8)))
+            .tenant(Tenant::new("beta").quota(Quota::new("h100", 8)))
+            .run(run("acme/low", "acme", 8, &["h100-r0-n0"]))
+            .run(run("beta/low", "beta", 8, &["h100-r0-n1"]))
+            .submit(job("acme/urgent", "acme").gpus_per_node(8).priority(100))
+            .submit(
+                job("beta/urgent", "beta")
+                    .gpus_per_node(8)
+                    .priority(100)
+                    .nodes(2),
+            );
+        let decisions = admit(&factory);
+        assert_eq!(evicted(&decisions, "acme/urgent"), ["acme/low"]);
+        assert!(matches!(
+            decisions.evictions().next().unwrap().reason,
+            PreemptionReason::HigherPriority {
+                by_priority: 100,
+                priority: 0,
+                ..
+            }
+        ));
+        // beta's 2-node job would need acme's node: acme is within its guarantee.
+        assert!(
+            outcome(&decisions, "beta/urgent")
+                .pending_reason()
+                .is_some()
+        );
+        assert_eq!(decisions.evictions().count(), 1);
+    }
+
+    #[test]
+    fn a_tenant_without_budget_waits_and_its_running_jobs_keep_going() {
+        let factory = Factory::new()
+            .pool(h100())
+            .tenant(
+                Tenant::new("acme")
+                    .quota(Quota::new("h100", 16))
+                    .budget_left(0.0),
+            )
+            .tenant(
+                Tenant::new("beta")
+                    .quota(Quota::new("h100", 16))
+                    .budget_left(40.0),
+            )
+            .run(run("acme/old", "acme", 8, &["h100-r0-n0"]))
+            .submit(job("acme/new", "acme"))
+            .submit(job("beta/long", "beta").estimate(120.0).created(1))
+            .submit(job("beta/short", "beta").estimate(30.0).created(2))
+            .submit(job("beta/another", "beta").estimate(30.0).created(3));
+        let decisions = admit(&factory);
+        assert_eq!(
+            why(&decisions, "acme/new"),
+            "budget exhausted: 0.0 GPU-hours left this month"
+        );
+        assert_eq!(decisions.evictions().count(), 0);
+        assert_eq!(
+            why(&decisions, "beta/long"),
+            "budget: job needs an estimated 120.0 GPU-hours; tenant beta has 40.0 left this month"
+        );
+        // The first 30 GPU-hour job spends the budget the second would need.
+        assert_eq!(
+            decisions
+                .admitted()
+                .map(|(d, _)| d.job.as_str())
+                .collect::<Vec<_>>(),
+            ["beta/short"]
+        );
+        assert_eq!(
+            why(&decisions, "beta/another"),
+            "budget: job needs an estimated 30.0 GPU-hours; tenant beta has 10.0 left this month"
+        );
+    }
+
+    #[test]
+    fn a_tenant_whose_data_must_stay_in_the_eu_cannot_use_a_us_pool() {
+        let factory = Factory::new()
+            .pool(
+                GpuPool::new("a100-us", "A100-80GB")
+                    .region("us-east")
+                    .racks(1, 2, 8),
+            )
+            .tenant(
+                Tenant::new("clinic")
+                    .quota(Quota::new("a100-us", 16))
+                    .residency(&["eu-west"]),
+            )
+            .submit(QueuedJob::new("clinic/seg", "clinic", "a100-us"));
+        let decisions = admit(&factory);
+        assert_eq!(
+            why(&decisions, "clinic/seg"),
+            "residency: pool a100-us is in us-east, tenant clinic allows eu-west"
+        );
+    }
+
+    #[test]
+    fn the_power_cap_keeps_the_pool_under_its_draw() {
+        // 40 kW at 700 W per GPU: 57 GPUs may draw; 48 already do.
+        let factory = Factory::new()
+            .pool(h100().power(700.0, Some(40.0)))
+            .tenant(Tenant::new("acme").quota(Quota::new("h100", 64)))
+            .run(run(
+                "acme/a",
+                "acme",
+                8,
+                &[
+                    "h100-r0-n0",
+                    "h100-r0-n1",
+                    "h100-r0-n2",
+                    "h100-r0-n3",
+                    "h100-r1-n0",
+                    "h100-r1-n1",
+                ],
+            ))
+            .submit(job("acme/b", "acme").nodes(2).gpus_per_node(8).created(1))
+            .submit(job("acme/c", "acme").nodes(1).gpus_per_node(8).created(2));
+        let decisions = admit(&factory);
+        assert_eq!(
+            why(&decisions, "acme/b"),
+            "power cap: pool h100 would draw 44.8 kW of 40 kW"
+        );
+        assert_eq!(placement(&decisions, "acme/c").len(), 1);
+        let pool = decisions.pool("h100").unwrap();
+        assert!(pool.power_kilowatts <= 40.0, "{}", pool.power_kilowatts);
+    }
+
+    #[test]
+    fn a_packed_gang_needs_one_rack_with_enough_whole_nodes() {
+        let factory = Factory::new()
+            .pool(h100())
+            .tenant(Tenant::new("acme").quota(Quota::new("h100", 64)))
+            .run(run("acme/a", "acme", 8, &["h100-r0-n0", "h100-r1-n0"]))
+            .submit(
+                job("acme/rack4", "acme")
+                    .nodes(4)
+                    .gpus_per_node(8)
+                    .pack("rack")
+                    .created(1),
+            )
+            .submit(
+                job("acme/rack3", "acme")
+                    .nodes(3)
+                    .gpus_per_node(8)
+                    .pack("rack")
+                    .created(2),
+            );
+        let decisions = admit(&factory);
+        assert_eq!(
+            why(&decisions, "acme/rack4"),
+            "no topology domain (rack) in pool h100 has 4 nodes with 8 free GPUs; next in line"
+        );
+        let admission = outcome(&decisions, "acme/rack3").admission().unwrap();
+        let rack = admission.domain.clone().unwrap();
+        assert!(
+            admission
+                .placement
+                .iter()
+                .all(|n| n.contains(&format!("-{rack}-")))
+        );
+    }
+
+    #[test]
+    fn a_small_job_lands_on_the_fullest_node_that_still_holds_it() {
+        let factory = Factory::new()
+            .pool(h100())
+            .tenant(Tenant::new("acme").quota(Quota::new("h100", 64)))
+            .run(run("acme/six", "acme", 6, &["h100-r1-n2"]))
+            .submit(job("acme/two", "acme").gpus_per_node(2));
+        let decisions = admit(&factory);
+        assert_eq!(placement(&decisions, "acme/two"), ["h100-r1-n2"]);
+    }
+
+    #[test]
+    fn fair_share_alternates_so_no_tenant_takes_the_whole_pass() {
+        // Room for four one-node jobs; acme used 12 GPU-hours, beta 10.
+        let mut factory = Factory::new()
+            .pool(GpuPool::new("h100", "H100-80GB").racks(1, 4, 8))
+            .tenant(Tenant::new("acme").quota(Quota::new("h100", 0)).usage(12.0))
+            .tenant(Tenant::new("beta").quota(Quota::new("h100", 0)).usage(10.0));
+        for i in 0..3 {
+            factory = factory
+                .submit(
+                    job(&format!("acme/{i}"), "acme")
+                        .gpus_per_node(8)
+                        .created(i),
+                )
+                .submit(
+                    job(&format!("beta/{i}"), "beta")
+                        .gpus_per_node(8)
+                        .created(10 + i),
+                );
+        }
+        let decisions = admit(&factory);
+        let started: Vec<&str> = decisions.admitted().map(|(d, _)| d.job.as_str()).collect();
+        assert_eq!(started, ["beta/0", "acme/0", "beta/1", "acme/1"]);
+        assert_eq!(
+            why(&decisions, "beta/2"),
+            "waiting for 8 H100-80GB GPUs in pool h100; 0 free; next in line"
+        );
+        assert_eq!(
+            why(&decisions, "acme/2"),
+            "waiting for 8 H100-80GB GPUs in pool h100; 0 free; 1 job ahead"
+        );
+    }
+
+    /// Five 8-GPU nodes: two full, one with 4 free, one empty, one with 4 free in
+    /// another rack; a 2-node job cannot start, a 1-node 4-GPU job can.
+    fn crowded(starving_after: u64) -> Factory {
+        Factory::new()
+            .pool(
+                GpuPool::new("h100", "H100-80GB")
+                    .node(Node::new("n0", 8))
+                    .node(Node::new("n1", 8))
+                    .node(Node::new("n2", 8))
+                    .node(Node::new("n3", 8))
+                    .node(Node::new("n4", 8)),
+            )
+            .tenant(Tenant::new("acme").quota(Quota::new("h100", 32)))
+            .tenant(Tenant::new("beta").quota(Quota::new("h100", 8)))
+            .run(RunningJob::new("acme/a", "acme", "h100", 8, &["n0", "n1"]))
+            .run(RunningJob::new("acme/b", "acme", "h100", 4, &["n2"]))
+            .run(RunningJob::new("acme/c", "acme", "h100", 4, &["n4"]))
+            .submit(job("acme/big", "acme").nodes(2).gpus_per_node(8).created(1))
+            .submit(
+                job("beta/small", "beta")
+                    .gpus_per_node(4)
+                    .created(2)
+                    .queued_since(500),
+            )
+            .submit(
+                job("beta/small2", "beta")
+                    .gpus_per_node(4)
+                    .created(3)
+                    .queued_since(500),
+            )
+            .at(1000)
+            .starving_after(starving_after)
+    }
+
+    #[test]
+    fn small_jobs_backfill_around_a_job_that_cannot_start() {
+        let decisions = admit(&crowded(10_000));
+        assert!(why(&decisions, "acme/big").starts_with("waiting for 2 nodes with 8 free"));
+        assert_eq!(placement(&decisions, "beta/small").len(), 1);
+        assert_eq!(placement(&decisions, "beta/small2").len(), 1);
+        assert_eq!(decisions.pool("h100").unwrap().reservation, None);
+    }
+
+    #[test]
+    fn a_starving_job_holds_the_nodes_closest_to_fitting_it() {
+        // acme/big has waited 1000 ticks, the small ones 500: only big is starving.
+        let decisions = admit(&crowded(800));
+        assert!(outcome(&decisions, "acme/big").pending_reason().is_some());
+        let reservation = decisions.pool("h100").unwrap().reservation.clone().unwrap();
+        assert_eq!(reservation.job, "acme/big");
+        assert_eq!(reservation.nodes, ["n2", "n3"]);
+        // One small job still fits around the hold, on n4; the other would need n2.
+        assert_eq!(placement(&decisions, "beta/small"), ["n4"]);
+        assert_eq!(
+            why(&decisions, "beta/small2"),
+            "pool h100 is held for job acme/big, which has waited longest; 1 job ahead"
+        );
+    }
+
+    #[test]
+    fn a_tenant_at_its_borrowing_limit_reads_the_numbers() {
+        let factory = Factory::new()
+            .pool(h100())
+            .tenant(Tenant::new("acme").quota(Quota::new("h100", 32).borrowing_limit(0)))
+            .run(run(
+                "acme/a",
+                "acme",
+                8,
+                &["h100-r0-n0", "h100-r0-n1", "h100-r0-n2", "h100-r0-n3"],
+            ))
+            .submit(job("acme/b", "acme").gpus_per_node(8));
+        let decisions = admit(&factory);
+        assert_eq!(
+            why(&decisions, "acme/b"),
+            "quota: tenant acme would use 40 of 32 guaranteed + 0 borrowable GPUs in pool h100"
+        );
+    }
+
+    #[test]
+    fn a_lender_keeps_what_its_lending_limit_does_not_give_away() {
+        let factory = Factory::new()
+            .pool(GpuPool::new("h100", "H100-80GB").racks(1, 4, 8))
+            .tenant(Tenant::new("acme").quota(Quota::new("h100", 32).lending_limit(8)))
+            .tenant(Tenant::new("beta").quota(Quota::new("h100", 0)))
+            .submit(job("beta/two", "beta").nodes(2).gpus_per_node(8).created(1))
+            .submit(job("beta/one", "beta").gpus_per_node(8).created(2));
+        let decisions = admit(&factory);
+        assert_eq!(
+            why(&decisions, "beta/two"),
+            "quota: tenant beta would use 16 of 0 guaranteed + 8 borrowable GPUs in pool h100"
+        );
+        assert_eq!(
+            outcome(&decisions, "beta/one")
+                .admission()
+                .unwrap()
+                .borrowed_gpus,
+            8
+        );
+    }
+
+    #[test]
+    fn positions_count_within_each_pool() {
+        let factory = Factory::new()
+            .pool(GpuPool::new("h100", "H100-80GB").racks(1, 1, 8))
+            .pool(GpuPool::new("a100", "A100-40GB").racks(1, 1, 8))
+            .tenant(
+                Tenant::new("acme")
+                    .quota(Quota::new("h100", 8))
+                    .quota(Quota::new("a100", 8)),
+            )
+            .submit(job("acme/h1", "acme").gpus_per_node(8).created(1))
+            .submit(job("acme/h2", "acme").gpus_per_node(8).created(2))
+            .submit(job("acme/h3", "acme").gpus_per_node(8).created(3))
+            .submit(
+                QueuedJob::new("acme/a1", "acme", "a100")
+                    .gpus_per_node(8)
+                    .created(4),
+            )
+            .submit(
+                QueuedJob::new("acme/a2", "acme", "a100")
+                    .gpus_per_node(8)
+                    .created(5),
+            );
+        let decisions = admit(&factory);
+        let position = |job| match outcome(&decisions, job) {
+            Outcome::Queued { position, .. } => *position,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!((position("acme/h2"), position("acme/h3")), (1, 2));
+        assert_eq!(position("acme/a2"), 1);
+    }
+
+    #[test]
+    fn a_job_id_is_decided_once_even_if_queued_twice_or_already_running() {
+        let factory = Factory::new()
+            .pool(h100())
+            .tenant(Tenant::new("acme").quota(Quota::new("h100", 64)))
+            .run(run("acme/a", "acme", 8, &["h100-r0-n0"]))
+            .submit(job("acme/a", "acme"))
+            .submit(job("acme/b", "acme"))
+            .submit(job("acme/b", "acme"));
+        let decisions = admit(&factory);
+        assert_eq!(decisions.decisions.len(), 3);
+        assert_eq!(decisions.admitted().count(), 1);
+        assert_eq!(
+            decisions.decisions.iter().filter(|d| d.outcome.pending_reason().map(PendingReason::code) == Some("Duplicate")).count(),
+            2
+        );
+    }
+
+    #[test]
+    fn a_gang_larger_than_the_pool_is_told_so_at_once() {
+        let factory = Factory::new()
+            .pool(
+                GpuPool::new("h100", "H100-80GB")
+                    .node(Node::new("n0", 8))
+                    .node(Node::new("n1", 8).unschedulable())
+                    .node(Node::new("n2", 8).unmanaged(2)),
+            )
+            .tenant(Tenant::new("acme").quota(Quota::new("h100", 24)))
+            .submit(job("acme/big", "acme").nodes(2).gpus_per_node(8));
+        let decisions = admit(&factory);
+        assert_eq!(
+            why(&decisions, "acme/big"),
+            "too large: job needs 2 nodes with 8 GPUs; pool h100 has 1 such schedulable nodes"
+        );
+    }
+
+    #[test]
+    fn the_same_factory_gets_the_same_decisions() {
+        let factory = crowded(800);
+        assert_eq!(admit(&factory), admit(&factory));
     }
 }

@@ -52,6 +52,8 @@ pub(crate) struct QuotaShortfall {
     pub guaranteed: u64,
     /// GPUs beyond the guarantee the tenant could hold right now.
     pub borrowable: u64,
+    /// The tenant's own borrowing limit stops it (not only what others use).
+    pub own_limit: bool,
 }
 
 /// The quota ledger of one pool.
@@ -188,6 +190,9 @@ impl PoolLedger {
         let supply = self.unguaranteed() + self.lendable - line.lendable();
         let others_borrow = self.borrowed - line.borrowed();
         let mut borrowable = supply.saturating_sub(others_borrow);
+        let own_limit = line
+            .borrowing_limit
+            .is_some_and(|limit| would_use > line.guaranteed + limit);
         if let Some(limit) = line.borrowing_limit {
             borrowable = borrowable.min(limit);
         }
@@ -196,6 +201,7 @@ impl PoolLedger {
                 would_use,
                 guaranteed: line.guaranteed,
                 borrowable,
+                own_limit,
             });
         }
         Ok(would_use - line.guaranteed.max(usage))
@@ -216,6 +222,7 @@ impl PoolLedger {
                 would_use: gpus,
                 guaranteed: line.guaranteed,
                 borrowable,
+                own_limit: true,
             });
         }
         Ok(())
@@ -256,7 +263,8 @@ mod tests {
             Err(QuotaShortfall {
                 would_use: 57,
                 guaranteed: 16,
-                borrowable: 40
+                borrowable: 40,
+                own_limit: false
             })
         );
     }
@@ -270,7 +278,8 @@ mod tests {
             Err(QuotaShortfall {
                 would_use: 40,
                 guaranteed: 32,
-                borrowable: 0
+                borrowable: 0,
+                own_limit: true
             })
         );
     }
@@ -320,7 +329,8 @@ mod tests {
             Err(QuotaShortfall {
                 would_use: 17,
                 guaranteed: 8,
-                borrowable: 8
+                borrowable: 8,
+                own_limit: true
             })
         );
     }

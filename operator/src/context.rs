@@ -1,0 +1,81 @@
+//! What every reconcile gets: the client, the event recorder, metrics, settings.
+use crate::error::Error;
+use crate::metrics::Metrics;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::Client;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Resource, ResourceExt};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Shared state of the controllers.
+pub struct Context {
+    /// Client with the operator's identity.
+    pub client: Client,
+    /// Publishes Events on the objects the operator acts on.
+    pub recorder: Recorder,
+    /// The operator's metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Context {
+    /// A context reporting Events as `aifactory-operator` from `instance`.
+    pub fn new(client: Client, metrics: Arc<Metrics>, instance: String) -> Arc<Self> {
+        let reporter = Reporter {
+            controller: crate::MANAGER.into(),
+            instance: Some(instance),
+        };
+        Arc::new(Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+        })
+    }
+
+    /// Publishes an Event on `obj`. A failure to record is logged, never fatal:
+    /// events inform, they do not decide.
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        warning: bool,
+        reason: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: reason.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+            tracing::warn!(object = %obj.name_any(), %reason, error = %e, "recording an event failed");
+        }
+    }
+}
+
+/// The current time as a Kubernetes timestamp.
+pub fn now() -> Time {
+    Time(jiff::Timestamp::now())
+}
+
+/// The error policy every controller shares: count the error, log it, retry with a
+/// delay (the controller runtime adds backoff for repeated failures of one object).
+pub fn on_error<K: ResourceExt>(
+    controller: &'static str,
+    obj: &K,
+    err: &Error,
+    ctx: &Context,
+) -> Action {
+    ctx.metrics.error(controller, err.metric_label());
+    tracing::warn!(controller, object = %obj.name_any(), error = %err, "reconcile failed");
+    match err {
+        Error::InvalidSpec(_) => Action::requeue(Duration::from_secs(300)),
+        _ => Action::requeue(Duration::from_secs(5)),
+    }
+}

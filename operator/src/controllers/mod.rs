@@ -1,0 +1,66 @@
+//! One module per kind; inside, `build` is pure (spec + observed state in, desired
+//! state out) and `mod.rs` fetches, applies and writes status.
+pub mod gpupool;
+pub mod pods;
+pub mod tenant;
+
+use serde_json::Value;
+
+/// Status writes go through server-side apply on the status subresource, and only
+/// when the status differs from what the object already carries. With `whole`, the
+/// status is entirely this controller's and must equal `status`; otherwise other
+/// controllers own other fields and only the fields of `status` are compared.
+pub async fn write_status<K>(
+    api: &kube::Api<K>,
+    name: &str,
+    current: Option<&impl serde::Serialize>,
+    status: &impl serde::Serialize,
+    whole: bool,
+) -> crate::error::Result<bool>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let new = serde_json::to_value(status)?;
+    if let Some(current) = current
+        && (if whole {
+            serde_json::to_value(current)? == new
+        } else {
+            status_holds(&serde_json::to_value(current)?, &new)
+        })
+    {
+        return Ok(false);
+    }
+    let patch: Value = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": new,
+    });
+    api.patch_status(
+        name,
+        &kube::api::PatchParams::apply(crate::MANAGER).force(),
+        &kube::api::Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Whether the live status already says all `desired` says. Conditions are matched
+/// by type (other controllers may own other conditions); every other field as in
+/// [`crate::apply::contains`].
+pub fn status_holds(live: &Value, desired: &Value) -> bool {
+    let Some(desired) = desired.as_object() else {
+        return live == desired;
+    };
+    desired.iter().all(|(key, want)| {
+        let have = live.get(key).unwrap_or(&Value::Null);
+        if key == "conditions" {
+            let have = have.as_array().cloned().unwrap_or_default();
+            want.as_array()
+                .into_iter()
+                .flatten()
+                .all(|c| have.iter().any(|h| h["type"] == c["type"] && h == c))
+        } else {
+            crate::apply::contains(have, want)
+        }
+    })
+}

@@ -1,0 +1,36 @@
+//! Errors of a reconcile, each with a short label for metrics.
+use thiserror::Error;
+
+/// What can go wrong while reconciling.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// A request to the API server failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// Adding or removing a finalizer failed.
+    #[error("finalizer: {0}")]
+    // Boxed: the finalizer error wraps this type itself.
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// An object could not be (de)serialized.
+    #[error("serialization: {0}")]
+    Serialization(#[from] serde_json::Error),
+    /// The object's spec cannot be acted on; reported as a condition, not retried fast.
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
+}
+
+impl Error {
+    /// A short, bounded label for the `reason` of the error metric.
+    pub fn metric_label(&self) -> String {
+        match self {
+            Error::Kube(kube::Error::Api(status)) => format!("api_{}", status.code),
+            Error::Kube(_) => "kube".into(),
+            Error::Finalizer(_) => "finalizer".into(),
+            Error::Serialization(_) => "serialization".into(),
+            Error::InvalidSpec(_) => "invalid_spec".into(),
+        }
+    }
+}
+
+/// Result of a reconcile step.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
