@@ -45,6 +45,12 @@ fn load() -> impl Strategy<Value = Load> {
 }
 
 proptest! {
+    // About a third of the generated big jobs cannot fit their pool at all.
+    #![proptest_config(ProptestConfig {
+        max_global_rejects: 100_000,
+        ..ProptestConfig::default()
+    })]
+
     #[test]
     fn a_big_job_starts_despite_an_endless_stream_of_small_ones(load in load()) {
         let mut pool = build_pool(0, &load.pool);

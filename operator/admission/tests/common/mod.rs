@@ -18,7 +18,8 @@ use proptest::prelude::*;
 
 macro_rules! ensure {
     ($cond:expr, $($arg:tt)+) => {
-        if !$cond {
+        let holds: bool = $cond;
+        if !holds {
             return Err(format!($($arg)+));
         }
     };
@@ -40,12 +41,15 @@ pub struct PoolGen {
     pub region: usize,
 }
 
+/// A generated quota: guaranteed, borrowing limit, lending limit.
+pub type QuotaGen = (u32, Option<u32>, Option<u32>);
+
 /// A tenant as generated.
 #[derive(Debug, Clone)]
 pub struct TenantGen {
     pub weight: u32,
     /// Per pool: guaranteed, borrowing limit, lending limit.
-    pub quotas: Vec<Option<(u32, Option<u32>, Option<u32>)>>,
+    pub quotas: Vec<Option<QuotaGen>>,
     pub residency: Option<usize>,
     pub budget: Option<u32>,
     pub usage: u32,
