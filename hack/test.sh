@@ -33,9 +33,23 @@ else
   hack/factory-up.sh >/dev/null
   started=1
 fi
-stop() { if [ "$started" = 1 ]; then step "stopping the local factory"; hack/factory-down.sh >/dev/null 2>&1 || true; fi; }
+export KUBECONFIG=${AIFACTORY_STATE:-$HOME/.cache/aifactory/factory}/admin.kubeconfig
+source hack/versions.sh
+operator_started=0
+stop() {
+  if [ "$operator_started" = 1 ]; then step "stopping the operator"; hack/operator.sh stop || true; fi
+  if [ "$started" = 1 ]; then step "stopping the local factory"; hack/factory-down.sh >/dev/null 2>&1 || true; fi
+}
 trap stop EXIT
 
-export KUBECONFIG=${AIFACTORY_STATE:-$HOME/.cache/aifactory/factory}/admin.kubeconfig
+step "installing the CRDs and starting the operator"
+"$BIN_DIR/kubectl" apply --server-side -f crds/ >/dev/null
+"$BIN_DIR/kubectl" wait --for condition=Established -f crds/ --timeout=60s >/dev/null
+if [ -f "${AIFACTORY_STATE:-$HOME/.cache/aifactory/factory}/operator.pid" ] && kill -0 "$(cat "${AIFACTORY_STATE:-$HOME/.cache/aifactory/factory}/operator.pid")" 2>/dev/null; then
+  echo "operator already running: using it"
+else
+  hack/operator.sh start
+  operator_started=1
+fi
 step "cargo test --workspace (unit, property, drift and integration tests)"
 cargo test --workspace --no-fail-fast "$@"

@@ -252,3 +252,104 @@ pub fn status_code(err: &kube::Error) -> Option<u16> {
         _ => None,
     }
 }
+
+/// Fails with a clear message unless an aifactory operator holds its leader Lease
+/// (started by `make test`, or by hand with `hack/operator.sh start`).
+pub async fn require_operator(client: &Client) -> Result<()> {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let lease = Api::<Lease>::namespaced(client.clone(), "default")
+        .get_opt("aifactory-operator")
+        .await?;
+    let fresh = lease.and_then(|l| l.spec).is_some_and(|s| {
+        s.holder_identity.is_some_and(|h| !h.is_empty())
+            && s.renew_time
+                .is_some_and(|t| t.0.as_second() + 30 > jiff::Timestamp::now().as_second())
+    });
+    if !fresh {
+        bail!(
+            "no aifactory operator is running against the local factory: start it with `hack/operator.sh start`"
+        );
+    }
+    Ok(())
+}
+
+/// Simulated GPU nodes owned by one test, so tests that move nodes between pools
+/// never touch each other's: each carries `aifactory.dev/test-group=<group>`.
+/// Deleted when dropped.
+pub struct FakeNodes {
+    /// The value of the `aifactory.dev/test-group` label.
+    pub group: String,
+    /// Names of the nodes.
+    pub names: Vec<String>,
+}
+
+/// Label key grouping a test's nodes.
+pub const TEST_GROUP: &str = "aifactory.dev/test-group";
+
+impl FakeNodes {
+    /// `count` Ready kwok nodes of `gpus` GPUs of `model` (label
+    /// `nvidia.com/gpu.product`), in the test group `group`.
+    pub async fn create(
+        client: &Client,
+        group: &str,
+        count: usize,
+        model: &str,
+        gpus: u32,
+    ) -> Result<Self> {
+        let mut nodes = Self {
+            group: group.to_string(),
+            names: vec![],
+        };
+        for i in 0..count {
+            nodes
+                .add(client, &format!("{group}-{i}"), model, gpus)
+                .await?;
+        }
+        Ok(nodes)
+    }
+
+    /// Adds one node named `name`; waits until kwok has made it Ready.
+    pub async fn add(&mut self, client: &Client, name: &str, model: &str, gpus: u32) -> Result<()> {
+        use k8s_openapi::api::core::v1::Node;
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake"},
+                "labels": {TEST_GROUP: self.group, "type": "kwok-test", "kubernetes.io/hostname": name,
+                           "nvidia.com/gpu.product": model,
+                           "topology.aifactory.dev/block": "block-t", "topology.aifactory.dev/rack": "rack-t"}},
+            "status": {"capacity": {"cpu": "64", "memory": "1Ti", "pods": "110", "nvidia.com/gpu": gpus.to_string()},
+                       "allocatable": {"cpu": "64", "memory": "1Ti", "pods": "110", "nvidia.com/gpu": gpus.to_string()}}
+        }))?;
+        let api = Api::<Node>::all(client.clone());
+        api.create(&PostParams::default(), &node).await?;
+        self.names.push(name.to_string());
+        wait_for(
+            &format!("node {name} Ready"),
+            Duration::from_secs(60),
+            || {
+                let api = api.clone();
+                async move {
+                    let n = api.get(name).await?;
+                    Ok(n.status
+                        .and_then(|s| s.conditions)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+                        .then_some(()))
+                }
+            },
+        )
+        .await
+    }
+}
+
+impl Drop for FakeNodes {
+    fn drop(&mut self) {
+        let _ = kubectl(&[
+            "delete",
+            "nodes",
+            "-l",
+            &format!("{TEST_GROUP}={}", self.group),
+            "--wait=false",
+        ]);
+    }
+}

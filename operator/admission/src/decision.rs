@@ -303,9 +303,10 @@ impl fmt::Display for PendingReason {
                 "invalid shape: a job needs at least 1 node and 1 GPU per node \
                  (asked for {nodes} × {gpus_per_node})"
             ),
-            Self::Duplicate { job } => {
-                write!(f, "duplicate: job {job} is already running or queued twice")
-            }
+            Self::Duplicate { job } => write!(
+                f,
+                "duplicate: job {job} is queued twice, or still holds GPUs as a running job"
+            ),
             Self::UnknownTopologyLevel {
                 pool,
                 level,
@@ -406,10 +407,18 @@ impl fmt::Display for PendingReason {
                 jobs_ahead,
             } => {
                 let needed = u64::from(*nodes) * u64::from(*gpus_per_node);
-                if *free_gpus < needed || *nodes == 1 {
+                if *free_gpus < needed {
                     write!(
                         f,
                         "waiting for {needed} {gpu_model} {} in pool {pool}; {free_gpus} free; {}",
+                        gpus(needed),
+                        ahead(*jobs_ahead)
+                    )
+                } else if *nodes == 1 {
+                    write!(
+                        f,
+                        "waiting for a node with {needed} free {gpu_model} {} in pool {pool}; \
+                         {free_gpus} free, but spread over several nodes; {}",
                         gpus(needed),
                         ahead(*jobs_ahead)
                     )
@@ -529,5 +538,59 @@ impl Outcome {
             Self::Queued { reason, .. } => Some(reason),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn capacity(nodes: u32, gpus_per_node: u32, free_gpus: u64, fitting_nodes: u32) -> String {
+        PendingReason::Capacity {
+            pool: "h100".into(),
+            gpu_model: "H100-80GB".into(),
+            nodes,
+            gpus_per_node,
+            free_gpus,
+            fitting_nodes,
+            jobs_ahead: 2,
+        }
+        .to_string()
+    }
+
+    #[test]
+    fn a_tenant_reads_how_many_gpus_it_waits_for_and_how_many_are_free() {
+        assert_eq!(
+            capacity(2, 8, 8, 1),
+            "waiting for 16 H100-80GB GPUs in pool h100; 8 free; 2 jobs ahead"
+        );
+    }
+
+    #[test]
+    fn free_gpus_scattered_over_nodes_are_explained() {
+        assert_eq!(
+            capacity(1, 8, 12, 0),
+            "waiting for a node with 8 free H100-80GB GPUs in pool h100; 12 free, but \
+             spread over several nodes; 2 jobs ahead"
+        );
+        assert_eq!(
+            capacity(2, 8, 20, 1),
+            "waiting for 2 nodes with 8 free H100-80GB GPUs in pool h100; 20 free, but only \
+             1 such node; 2 jobs ahead"
+        );
+    }
+
+    #[test]
+    fn codes_are_stable_names_for_status() {
+        let reason = PendingReason::BudgetExhausted {
+            tenant: "acme".into(),
+            left_gpu_hours: 0.0,
+        };
+        assert_eq!(reason.code(), "BudgetExhausted");
+        assert!(!reason.is_waiting_for_resources());
+        assert_eq!(
+            reason.to_string(),
+            "budget exhausted: 0.0 GPU-hours left this month"
+        );
     }
 }

@@ -15,7 +15,9 @@
 //!   running jobs' placements, so nothing is counted twice.
 //! - **Running jobs**: every job admitted earlier that still holds GPUs — admitted,
 //!   running, or evicted but whose pods are not gone yet — with its placement,
-//!   priority and admission tick. Drop a job once its pods are gone.
+//!   priority and admission tick. A job is running or queued, never both: an
+//!   evicted job moves back to the queue once its pods are gone (until then a
+//!   queued copy would be refused as `Duplicate`).
 //! - **Queued jobs**: every job waiting, with `created` (creation order) and
 //!   `queued_since` (the tick it entered the queue, reset when it is requeued after
 //!   preemption) in the unit of [`Factory::now`] — the controller uses seconds.
@@ -27,7 +29,7 @@
 //! engine considered them; apply them in that order. [`Outcome::Admit`]: unsuspend
 //! the job pinned to [`Admission::placement`] (pod *i* on node *i*).
 //! [`Outcome::PreemptToAdmit`]: evict the listed jobs (phase `Preempted`, back to the
-//! queue with `queued_since = now`) and admit the job — its pods may sit in `Pending`
+//! queue with `queued_since` = the tick they are requeued) and admit the job — its pods may sit in `Pending`
 //! until the victims' pods are gone, which is fine since their nodes are pinned.
 //! [`Outcome::Queued`]: write `queuePosition` and `pendingReason`
 //! ([`PendingReason::code`] for the machine, `Display` for the tenant).

@@ -118,7 +118,10 @@ pub struct Tenant {
     pub quotas: Vec<Quota>,
     /// GPU-hours used this period, for fair share.
     pub usage_gpu_hours: f64,
-    /// GPU-hours left this month; `None` = no budget.
+    /// GPU-hours left this month; `None` = no budget. Nothing starts once it is
+    /// used up; a job with an estimate starts only if the estimate fits what is left
+    /// (estimates of jobs admitted in the same pass count), one without starts while
+    /// anything is left.
     pub budget_gpu_hours_left: Option<f64>,
     /// Regions the tenant's jobs may run in; empty = anywhere.
     pub residency_regions: Vec<String>,

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Starts or stops the operator against the local factory, as its own user
+# (aifactory-operator, client certificate from the factory's CA) so that the API
+# server's audit log tells its requests apart.
+#
+#   hack/operator.sh start     build (cargo), start in the background, wait until it leads
+#   hack/operator.sh stop      SIGTERM, then wait for it to exit
+# Log: $AIFACTORY_STATE/logs/operator.log; metrics on 127.0.0.1:18080/metrics.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+state=${AIFACTORY_STATE:-$HOME/.cache/aifactory/factory}
+pidf=$state/operator.pid
+log=$state/logs/operator.log
+addr=${AIFACTORY_OPERATOR_ADDR:-127.0.0.1:18080}
+
+running() { [ -f "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null; }
+
+case ${1:-} in
+  start)
+    if running; then echo "operator already running (pid $(cat "$pidf"))" >&2; exit 0; fi
+    (cd "$root" && cargo build -q -p aifactory --bin aifactory)
+    # TODO(issue 7): bind the chart's least-privilege ClusterRole instead.
+    kubeconfig=$("$root/hack/factory-user.sh" aifactory-operator system:masters | tail -n 1)
+    mkdir -p "$state/logs"
+    KUBECONFIG=$kubeconfig nohup "$root/target/debug/aifactory" run --http-addr "$addr" \
+      --lease-namespace default --identity "operator-$$" >"$log" 2>&1 &
+    echo $! >"$pidf"
+    for _ in $(seq 1 120); do
+      if grep -q "controllers running" "$log"; then echo "operator running (pid $(cat "$pidf")), log $log" >&2; exit 0; fi
+      running || { echo "operator exited:" >&2; tail -n 30 "$log" >&2; exit 1; }
+      sleep 0.5
+    done
+    echo "operator did not become leader within 60s:" >&2; tail -n 30 "$log" >&2; exit 1
+    ;;
+  stop)
+    if running; then
+      kill -TERM "$(cat "$pidf")"
+      for _ in $(seq 1 60); do running || break; sleep 0.5; done
+      running && kill -KILL "$(cat "$pidf")"
+    fi
+    rm -f "$pidf"
+    ;;
+  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+esac
