@@ -407,12 +407,12 @@ impl<'f> Pass<'f> {
         if let Some(reason) = self.refusal(a) {
             return queued(reason);
         }
-        let block = match self.fit(a) {
+        let blocked = match self.fit(a) {
             Ok(plan) => {
                 let admission = self.commit(a, plan);
                 return Outcome::Admit(admission);
             }
-            Err(block) => block,
+            Err(blocked) => blocked,
         };
         if let Some(evict) = self.preempt(a) {
             let plan = self
@@ -422,7 +422,7 @@ impl<'f> Pass<'f> {
             return Outcome::PreemptToAdmit { evict, admission };
         }
         match self.pools[a.pool].hold.as_ref().map(|h| (h.job, h.id)) {
-            None if a.starving => self.hold(index, a, block),
+            None if a.starving => self.hold(index, a, blocked),
             Some((held, id)) if held != index && self.fits_without_hold(a) => {
                 return queued(PendingReason::HeldForWaitingJob {
                     pool: a.job.pool.clone(),
@@ -432,7 +432,7 @@ impl<'f> Pass<'f> {
             }
             _ => {}
         }
-        queued(self.reason(a, block.block))
+        queued(self.reason(a, blocked.block))
     }
 
     /// Why the job cannot start whatever the others do, if so.
