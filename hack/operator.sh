@@ -19,8 +19,13 @@ case ${1:-} in
   start)
     if running; then echo "operator already running (pid $(cat "$pidf"))" >&2; exit 0; fi
     (cd "$root" && cargo build -q -p aifactory --bin aifactory)
-    # TODO(issue 7): bind the chart's least-privilege ClusterRole instead.
-    kubeconfig=$("$root/hack/factory-user.sh" aifactory-operator system:masters | tail -n 1)
+    # The operator runs with exactly the chart's ClusterRole: a right it lacks fails.
+    source "$root/hack/versions.sh"
+    kubectl() { KUBECONFIG=$state/admin.kubeconfig "$BIN_DIR/kubectl" "$@"; }
+    kubectl apply --server-side -f "$root/charts/aifactory/templates/clusterrole.yaml" >/dev/null
+    kubectl create clusterrolebinding aifactory-operator --clusterrole aifactory-operator --user aifactory-operator \
+      --dry-run=client -o yaml | kubectl apply --server-side -f - >/dev/null
+    kubeconfig=$("$root/hack/factory-user.sh" aifactory-operator | tail -n 1)
     mkdir -p "$state/logs"
     KUBECONFIG=$kubeconfig nohup "$root/target/debug/aifactory" run --http-addr "$addr" \
       --lease-namespace default --identity "operator-$$" >"$log" 2>&1 &
