@@ -20,6 +20,11 @@ factory-down:
 tools:
 	hack/build-tools.sh
 
+## bench: benchmarks (release builds), tables written to bench/
+bench:
+	mkdir -p bench
+	cargo run --release -q -p aifactory-admission --bin bench-admission -- --out bench/admission.md
+
 ## crds: regenerate crds/ from the Rust types
 crds:
 	cargo run --bin crdgen -- crds
