@@ -6,7 +6,7 @@
 #
 #   hack/factory-down.sh
 set -euo pipefail
-# shellcheck source=factory-lib.sh
+# shellcheck source-path=SCRIPTDIR source=factory-lib.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/factory-lib.sh"
 
 grace=${AIFACTORY_STOP_GRACE:-5}

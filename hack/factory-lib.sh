@@ -5,7 +5,7 @@
 # shellcheck disable=SC2034
 
 FACTORY_HACK=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=versions.sh
+# shellcheck source-path=SCRIPTDIR source=versions.sh
 source "$FACTORY_HACK/versions.sh"
 
 STATE=${AIFACTORY_STATE:-$HOME/.cache/aifactory/factory}

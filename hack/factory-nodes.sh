@@ -14,7 +14,7 @@
 # of this set's rack-N / block-N labels, so a second set can sit in racks of its
 # own), --timeout seconds (AIFACTORY_TIMEOUT, 300), --no-wait, --delete.
 set -euo pipefail
-# shellcheck source=factory-lib.sh
+# shellcheck source-path=SCRIPTDIR source=factory-lib.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/factory-lib.sh"
 
 prefix=${AIFACTORY_NODE_PREFIX:-gpu-node}
@@ -72,15 +72,17 @@ fi
 offset=$(kc get nodes -l "type=kwok,aifactory.dev/node-set!=$prefix" -o name | wc -l)
 width=${#count}; [ "$width" -lt 3 ] && width=3
 
-manifest=$(mktemp "${TMPDIR:-/tmp}/factory-nodes.XXXX.yaml")
-trap 'rm -f "$manifest"' EXIT
+# One manifest per parallel kubectl (see below), nodes dealt round-robin.
+jobs=$(((count + 99) / 100)); [ "$jobs" -gt 4 ] && jobs=4; [ "$jobs" -lt 1 ] && jobs=1
+tmpdir=$(mktemp -d "${TMPDIR:-/tmp}/factory-nodes.XXXX")
+trap 'rm -rf "$tmpdir"' EXIT
 for ((i = 0; i < count; i++)); do
   name=$(printf '%s-%0*d' "$prefix" "$width" "$i")
   # Nodes fill racks in order (contiguous names share a rack), racks fill blocks.
   rack=$((i * racks / count))
   block=$((rack * blocks / racks))
   ipn=$((offset + i + 1))
-  cat <<EOF
+  cat >>"$tmpdir/nodes-$((i % jobs)).yaml" <<EOF
 ---
 apiVersion: v1
 kind: Node
@@ -109,13 +111,20 @@ status:
     nvidia.com/gpu: "$gpus"
   allocatable: *res
 EOF
-done >"$manifest"
+done
 
 start=$SECONDS
 log "applying $count nodes $prefix-* ($model x $gpus, $racks racks in $blocks blocks)"
 # Server-side apply: one request per node (client-side apply needs a GET first),
-# and a re-run is a no-op.
-kc apply --server-side --force-conflicts --field-manager=aifactory-factory -f "$manifest" >/dev/null
+# and a re-run is a no-op. kubectl sends them one at a time, so for many nodes a
+# few kubectl run side by side.
+pids=()
+for f in "$tmpdir"/nodes-*.yaml; do
+  [ -e "$f" ] || continue
+  kc apply --server-side --force-conflicts --field-manager=aifactory-factory -f "$f" >/dev/null &
+  pids+=($!)
+done
+for p in "${pids[@]}"; do wait "$p" || die "kubectl apply of the nodes failed"; done
 log "applied in $((SECONDS - start))s"
 [ "$wait_ready" = 1 ] || exit 0
 

@@ -10,12 +10,13 @@
 #
 # Env fallbacks: AIFACTORY_NODES (16), AIFACTORY_GPUS_PER_NODE (8),
 # AIFACTORY_GPU_MODEL (H100-80GB), AIFACTORY_RACKS (4), AIFACTORY_BLOCKS (2),
-# AIFACTORY_TIMEOUT (300, per wait), AIFACTORY_STATE (~/.cache/aifactory/factory).
+# AIFACTORY_TIMEOUT (300, per wait), AIFACTORY_STATE (~/.cache/aifactory/factory),
+# AIFACTORY_KWOK_LOG_LEVEL (WARN; INFO logs every stage kwok plays).
 # Everything lives in the state dir: pki/, logs/, *.pid, etcd data, audit.log,
 # admin.kubeconfig. Stop with hack/factory-down.sh; more nodes of another model
 # with hack/factory-nodes.sh; a tenant user's kubeconfig with hack/factory-user.sh.
 set -euo pipefail
-# shellcheck source=factory-lib.sh
+# shellcheck source-path=SCRIPTDIR source=factory-lib.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/factory-lib.sh"
 
 nodes=${AIFACTORY_NODES:-16}
@@ -25,7 +26,7 @@ racks=${AIFACTORY_RACKS:-4}
 blocks=${AIFACTORY_BLOCKS:-2}
 timeout=${AIFACTORY_TIMEOUT:-300}
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case $1 in
     --nodes) nodes=$2; shift 2 ;;
@@ -204,8 +205,10 @@ start kube-apiserver \
 wait_healthy kube-apiserver
 
 # --node-monitor-grace-period: kwok renews node Leases every 180s/4 = 45 s (see
-# below); 3 missed renewals before a node turns NotReady keeps 1,000 nodes from
-# flapping when the 2 cores are busy.
+# below). 240 s: several missed renewals before a node turns NotReady, so 1,000
+# nodes don't flap when the 2 cores are busy, and a restarted kwok (a new holder
+# identity, which takes the Leases over only once they expire after 180 s, then
+# retries every 45 s) is back before any node is marked NotReady.
 start kube-controller-manager \
   --bind-address=127.0.0.1 --secure-port="$KCM_PORT" --cert-dir="$STATE/run/kcm-certs" \
   --kubeconfig="$STATE/run/controller-manager.kubeconfig" \
@@ -216,7 +219,7 @@ start kube-controller-manager \
   --service-account-private-key-file="$PKI/sa.key" --root-ca-file="$PKI/ca.crt" \
   --cluster-signing-cert-file="$PKI/ca.crt" --cluster-signing-key-file="$PKI/ca.key" \
   --kube-api-qps=1000 --kube-api-burst=2000 \
-  --node-monitor-grace-period=180s
+  --node-monitor-grace-period=240s
 wait_healthy kube-controller-manager
 
 start kube-scheduler \
@@ -227,15 +230,49 @@ start kube-scheduler \
 wait_healthy kube-scheduler
 
 # Lease duration 180 s: a renewal every 45 s per node, 22 writes/s for 1,000 nodes
-# (kwokctl's 40 s would be 100/s on 2 cores).
+# (kwokctl's 40 s would be 100/s on 2 cores). Log level WARN: at INFO kwok logs
+# every lease renewal and pod patch (~30 MB/hour at 1,000 nodes);
+# AIFACTORY_KWOK_LOG_LEVEL=INFO to see each stage it plays.
+# A kwok that (re)starts under a new holder identity would only take over the node
+# Leases left by a previous kwok once they expire (180 s), and meanwhile plays no
+# stage on those nodes; dropping them (one deletecollection) lets it create fresh
+# ones at once.
+kwok_restarted=0
+if ! alive kwok; then
+  "$(kubectl_bin)" --kubeconfig "$ADMIN_KUBECONFIG" delete --raw \
+    /apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases >/dev/null
+  kwok_restarted=1
+fi
 start kwok \
   --kubeconfig="$STATE/run/kwok.kubeconfig" \
   --config="$STATE/run/kwok.yaml,$FACTORY_HACK/kwok-stages.yaml" \
   --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
   --node-lease-duration-seconds=180 \
   --cidr="$POD_CIDR" --node-ip=10.0.0.1 \
-  --server-address="127.0.0.1:$KWOK_PORT"
+  --server-address="127.0.0.1:$KWOK_PORT" \
+  --v="${AIFACTORY_KWOK_LOG_LEVEL:-WARN}"
 wait_healthy kwok
+
+# kwok v0.8.0 skips pods that already exist when it starts managing their node:
+# it looks them up before its Lease cache has seen the Lease it just created,
+# takes the node for someone else's and never looks again (new pods are fine).
+# After a restart of kwok, wait for its Leases, then touch each pod that is not
+# finished (an annotation) so kwok sees it again; any simulated duration starts over.
+resync_pods_after_kwok_restart() {
+  local kc=("$(kubectl_bin)" --kubeconfig "$ADMIN_KUBECONFIG") pods_sel nodes leases t0=$SECONDS
+  pods_sel='spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed'
+  [ -n "$("${kc[@]}" get pods -A --field-selector "$pods_sel" -o name | head -n 1)" ] || return 0
+  nodes=$("${kc[@]}" get nodes -o json | jq '[.items[] | select(.metadata.annotations["kwok.x-k8s.io/node"] == "fake")] | length')
+  while leases=$("${kc[@]}" get leases -n kube-node-lease -o name | wc -l) && [ "$leases" -lt "$nodes" ]; do
+    [ $((SECONDS - t0)) -ge "$timeout" ] && fail_component kwok "holds only $leases of $nodes node Leases after ${timeout}s"
+    sleep 1
+  done
+  sleep 2 # for kwok's Lease cache
+  log "kwok restarted: resyncing the pods that were on its nodes"
+  "${kc[@]}" annotate pods -A --field-selector "$pods_sel" --overwrite \
+    "aifactory.dev/kwok-resync=$(date +%s)" >/dev/null
+}
+[ "$kwok_restarted" = 1 ] && resync_pods_after_kwok_restart
 log "control plane up in $((SECONDS - total_start))s"
 
 "$FACTORY_HACK/factory-nodes.sh" --prefix gpu-node --count "$nodes" --gpus-per-node "$gpus" \

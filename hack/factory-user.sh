@@ -8,7 +8,7 @@
 #   hack/factory-user.sh alice tenant-a-users
 #   KUBECONFIG=$(hack/factory-user.sh alice) kubectl get pods   # -> 403 Forbidden
 set -euo pipefail
-# shellcheck source=factory-lib.sh
+# shellcheck source-path=SCRIPTDIR source=factory-lib.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/factory-lib.sh"
 
 [ $# -ge 1 ] || { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
