@@ -33,6 +33,9 @@ COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 log() { printf '[factory %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
+# since T0: seconds elapsed since T0 (an $EPOCHREALTIME), one decimal.
+since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
+
 pid_file() { echo "$STATE/$1.pid"; }
 log_file() { echo "$STATE/logs/$1.log"; }
 

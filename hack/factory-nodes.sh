@@ -113,7 +113,7 @@ status:
 EOF
 done
 
-start=$SECONDS
+start=$EPOCHREALTIME
 log "applying $count nodes $prefix-* ($model x $gpus, $racks racks in $blocks blocks)"
 # Server-side apply: one request per node (client-side apply needs a GET first),
 # and a re-run is a no-op. kubectl sends them one at a time, so for many nodes a
@@ -125,7 +125,7 @@ for f in "$tmpdir"/nodes-*.yaml; do
   pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p" || die "kubectl apply of the nodes failed"; done
-log "applied in $((SECONDS - start))s"
+log "applied in $(since "$start")s"
 [ "$wait_ready" = 1 ] || exit 0
 
 # Ready means: Ready=True and no node.kubernetes.io/* taint left (the apiserver
@@ -145,6 +145,6 @@ while :; do
     exit 1
   fi
   if [ $((SECONDS - last_report)) -ge 10 ]; then log "$ready of $count nodes Ready"; last_report=$SECONDS; fi
-  sleep 1
+  sleep 0.5
 done
-log "all $count nodes $prefix-* Ready; node bring-up took $((SECONDS - start))s"
+log "all $count nodes $prefix-* Ready; node bring-up took $(since "$start")s"

@@ -57,7 +57,7 @@ if [ "$all_up" = 1 ] && [ -s "$ADMIN_KUBECONFIG" ]; then
   exit 0
 fi
 
-total_start=$SECONDS
+total_start=$EPOCHREALTIME
 if [ ! -x "$BIN_DIR/kwok" ] || [ ! -x "$BIN_DIR/kube-apiserver" ] || [ ! -x "$BIN_DIR/kube-controller-manager" ] ||
   [ ! -x "$BIN_DIR/kube-scheduler" ] || [ ! -x "$BIN_DIR/kubectl" ] || [ ! -x "$BIN_DIR/etcd" ]; then
   log "binaries missing in $BIN_DIR: building them (cold build: minutes)"
@@ -273,10 +273,10 @@ resync_pods_after_kwok_restart() {
     "aifactory.dev/kwok-resync=$(date +%s)" >/dev/null
 }
 [ "$kwok_restarted" = 1 ] && resync_pods_after_kwok_restart
-log "control plane up in $((SECONDS - total_start))s"
+log "control plane up in $(since "$total_start")s"
 
 "$FACTORY_HACK/factory-nodes.sh" --prefix gpu-node --count "$nodes" --gpus-per-node "$gpus" \
   --gpu-model "$model" --racks "$racks" --blocks "$blocks" --timeout "$timeout"
 
-log "factory up in $((SECONDS - total_start))s; state in $STATE"
+log "factory up in $(since "$total_start")s; state in $STATE"
 print_kubeconfig
