@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo factory: builds what it needs, starts the local factory (16 H100 nodes
-# and 4 A100 nodes, simulated by kwok), installs the CRDs, applies examples/ and
-# shows the result. Leaves the factory running; stop it with `make factory-down`.
+# and 4 A100 nodes, simulated by kwok), installs the CRDs, runs the operator,
+# applies examples/ and shows the result. Leaves the factory and the operator
+# running; stop them with `hack/operator.sh stop && make factory-down`.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -18,16 +19,28 @@ step "installing the aifactory CRDs"
 kubectl apply --server-side -f crds/ >/dev/null
 kubectl wait --for condition=Established -f crds/ --timeout=60s >/dev/null
 
-step "applying examples/ (pools, tenants, then a tenant's workspace, datasets and jobs)"
+step "starting the operator (log: ${AIFACTORY_STATE:-$HOME/.cache/aifactory/factory}/logs/operator.log)"
+hack/operator.sh start
+
+step "the platform team applies the factory: GPU pools and tenants"
 kubectl apply --server-side -f examples/00-gpu-pools.yaml -f examples/10-tenants.yaml
-# Until the Tenant controller provisions namespaces, create acme's by hand.
-kubectl create namespace acme --dry-run=client -o yaml | kubectl apply --server-side -f - >/dev/null
+kubectl wait --for condition=Ready tenant --all --timeout=120s >/dev/null
+kubectl wait --for condition=Ready gpupool --all --timeout=120s >/dev/null
+
+step "tenant acme applies its work: a workspace, datasets, training jobs"
 kubectl apply --server-side -f examples/20-acme-workspace.yaml -f examples/30-acme-datasets.yaml \
   -f examples/40-acme-training-jobs.yaml
 
-step "the simulated GPU nodes"
+step "GPU pools: members labelled (and tainted when dedicated), capacity and power"
+kubectl get gpupools
+step "tenants: namespaces provisioned with quota, RBAC, network isolation"
+kubectl get tenants
+kubectl get namespaces -l aifactory.dev/tenant -L aifactory.dev/tenant,pod-security.kubernetes.io/enforce
+kubectl get resourcequota,networkpolicy,rolebinding -n acme
+
+step "the simulated GPU nodes and the pool each belongs to"
 kubectl get nodes -L nvidia.com/gpu.product,topology.aifactory.dev/block,topology.aifactory.dev/rack \
-  -o custom-columns='NODE:.metadata.name,READY:.status.conditions[?(@.type=="Ready")].status,GPUS:.status.allocatable.nvidia\.com/gpu,MODEL:.metadata.labels.nvidia\.com/gpu\.product,BLOCK:.metadata.labels.topology\.aifactory\.dev/block,RACK:.metadata.labels.topology\.aifactory\.dev/rack'
+  -o custom-columns='NODE:.metadata.name,READY:.status.conditions[?(@.type=="Ready")].status,GPUS:.status.allocatable.nvidia\.com/gpu,MODEL:.metadata.labels.nvidia\.com/gpu\.product,POOL:.metadata.labels.aifactory\.dev/pool,BLOCK:.metadata.labels.topology\.aifactory\.dev/block,RACK:.metadata.labels.topology\.aifactory\.dev/rack'
 
 step "everything aifactory (kubectl get aifactory -A)"
 kubectl get aifactory -A
