@@ -76,6 +76,7 @@ fn init_logging(format: LogFormat, filter: &str) {
     // Colours only on a terminal: logs that go to files stay plain.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Text => builder.init(),
