@@ -83,9 +83,10 @@ async fn an_idle_operator_writes_nothing_for_a_minute() -> anyhow::Result<()> {
     let ours: Vec<String> = cleanup.0.iter().map(|(_, n)| n.clone()).collect();
     wait_for(
         "the pools and tenants to be reconciled, and nothing else being deleted",
-        Duration::from_secs(120),
+        Duration::from_secs(300),
         || {
-            let (pools, tenants, ours) = (pools.clone(), tenants.clone(), ours.clone());
+            let (pools, tenants, ours, client) =
+                (pools.clone(), tenants.clone(), ours.clone(), client.clone());
             async move {
                 let p = pools.list(&ListParams::default()).await?;
                 let t = tenants.list(&ListParams::default()).await?;
@@ -104,11 +105,20 @@ async fn an_idle_operator_writes_nothing_for_a_minute() -> anyhow::Result<()> {
                                     .any(|c| c.type_ == "Ready" && c.status == "True")
                             })
                         });
+                // Objects of earlier test binaries still being deleted would make
+                // the operator act (and write) during the window.
+                let namespaces = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+                    .list(&ListParams::default())
+                    .await?;
                 let settling = p
                     .items
                     .iter()
                     .any(|x| x.metadata.deletion_timestamp.is_some())
                     || t.items
+                        .iter()
+                        .any(|x| x.metadata.deletion_timestamp.is_some())
+                    || namespaces
+                        .items
                         .iter()
                         .any(|x| x.metadata.deletion_timestamp.is_some());
                 Ok((reconciled && !settling).then_some(()))
