@@ -53,14 +53,7 @@ async fn apply(pool: Arc<GpuPool>, ctx: &Context, caches: &PoolCaches) -> Result
     let node_api: Api<Node> = Api::all(ctx.client.clone());
     for node in &nodes {
         let member = membership.members.contains(&node.name_any());
-        if let Some(patch) = build::node_patch(node, &name, member, pool.spec.dedicated) {
-            node_api
-                .patch(
-                    &node.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await?;
+        if set_membership(&node_api, node, &name, member, pool.spec.dedicated).await? {
             let (reason, verb) = if member {
                 ("NodeJoined", "joined")
             } else {
@@ -113,6 +106,26 @@ async fn apply(pool: Arc<GpuPool>, ctx: &Context, caches: &PoolCaches) -> Result
     Ok(Action::await_change())
 }
 
+/// Makes `node` carry (or not) the pool's label and taint; `true` when it changed.
+async fn set_membership(
+    api: &Api<Node>,
+    node: &Node,
+    pool: &str,
+    member: bool,
+    dedicated: bool,
+) -> Result<bool> {
+    let Some(patch) = build::node_patch(node, pool, member, dedicated) else {
+        return Ok(false);
+    };
+    api.patch(
+        &node.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(true)
+}
+
 /// The pool is going: every node it labelled loses the label and the taint.
 async fn cleanup(pool: Arc<GpuPool>, ctx: &Context) -> Result<Action> {
     let name = pool.name_any();
@@ -121,15 +134,7 @@ async fn cleanup(pool: Arc<GpuPool>, ctx: &Context) -> Result<Action> {
         .list(&ListParams::default().labels(&format!("{POOL_LABEL}={name}")))
         .await?;
     for node in &labelled.items {
-        if let Some(patch) = build::node_patch(node, &name, false, true) {
-            node_api
-                .patch(
-                    &node.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await?;
-        }
+        set_membership(&node_api, node, &name, false, true).await?;
     }
     ctx.event(
         pool.as_ref(),
