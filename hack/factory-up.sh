@@ -15,6 +15,8 @@
 # Everything lives in the state dir: pki/, logs/, *.pid, etcd data, audit.log,
 # admin.kubeconfig. Stop with hack/factory-down.sh; more nodes of another model
 # with hack/factory-nodes.sh; a tenant user's kubeconfig with hack/factory-user.sh.
+# Storage: a default StorageClass and a pool of static NFS volumes
+# (hack/factory-storage.sh, also run on an already healthy factory to recycle them).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=factory-lib.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/factory-lib.sh"
@@ -53,6 +55,7 @@ done
 if [ "$all_up" = 1 ] && [ -s "$ADMIN_KUBECONFIG" ]; then
   n=$("$(kubectl_bin)" --kubeconfig "$ADMIN_KUBECONFIG" get nodes -l type=kwok -o name | wc -l)
   log "factory already running and healthy ($n simulated nodes); state in $STATE"
+  "$FACTORY_HACK/factory-storage.sh"
   print_kubeconfig
   exit 0
 fi
@@ -277,6 +280,7 @@ log "control plane up in $(since "$total_start")s"
 
 "$FACTORY_HACK/factory-nodes.sh" --prefix gpu-node --count "$nodes" --gpus-per-node "$gpus" \
   --gpu-model "$model" --racks "$racks" --blocks "$blocks" --timeout "$timeout"
+"$FACTORY_HACK/factory-storage.sh"
 
 log "factory up in $(since "$total_start")s; state in $STATE"
 print_kubeconfig
