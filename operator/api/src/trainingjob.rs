@@ -235,6 +235,13 @@ pub struct TrainingJobStatus {
     /// When the job succeeded or failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Time>,
+    /// When the job (re-)entered the queue: created, resumed, or preempted. The
+    /// longest-waiting jobs go first once they starve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_at: Option<Time>,
+    /// GPU-hours and energy of the current run are counted up to this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accounted_until: Option<Time>,
     /// Runs started again after a failure.
     #[serde(default)]
     pub restarts: i32,
