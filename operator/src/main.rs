@@ -1,7 +1,7 @@
 //! `aifactory run`: the operator. Waits for its CRDs, serves /healthz, /readyz and
 //! /metrics, takes the leader Lease, then runs every controller until SIGTERM.
 use aifactory::context::Context;
-use aifactory::controllers::{gpupool, pods, tenant};
+use aifactory::controllers::{gpupool, pods, tenant, trainingjob};
 use aifactory::leader::Election;
 use aifactory::metrics::Metrics;
 use aifactory::server::{self, Health};
@@ -189,6 +189,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         client.clone(),
         ctx.clone(),
         (pool_reader, pool_stream),
+        args.concurrency,
+        stopped(),
+    ));
+    controllers.spawn(trainingjob::run(
+        client.clone(),
+        ctx.clone(),
         args.concurrency,
         stopped(),
     ));

@@ -3,6 +3,7 @@
 pub mod gpupool;
 pub mod pods;
 pub mod tenant;
+pub mod trainingjob;
 
 use serde_json::Value;
 
@@ -11,6 +12,22 @@ use serde_json::Value;
 /// status is entirely this controller's and must equal `status`; otherwise other
 /// controllers own other fields and only the fields of `status` are compared.
 pub async fn write_status<K>(
+    api: &kube::Api<K>,
+    name: &str,
+    current: Option<&impl serde::Serialize>,
+    status: &impl serde::Serialize,
+    whole: bool,
+) -> crate::error::Result<bool>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    write_status_as(crate::MANAGER, api, name, current, status, whole).await
+}
+
+/// [`write_status`] under another field manager, for status fields that a second
+/// writer owns beside the object's controller (e.g. a Tenant's usage).
+pub async fn write_status_as<K>(
+    manager: &str,
     api: &kube::Api<K>,
     name: &str,
     current: Option<&impl serde::Serialize>,
@@ -37,7 +54,7 @@ where
     });
     api.patch_status(
         name,
-        &kube::api::PatchParams::apply(crate::MANAGER).force(),
+        &kube::api::PatchParams::apply(manager).force(),
         &kube::api::Patch::Apply(&patch),
     )
     .await?;

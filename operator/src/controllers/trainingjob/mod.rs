@@ -1,0 +1,290 @@
+//! TrainingJob controller. Two parts share the job's status:
+//! - the admission pass ([`pass`]), one task for the whole factory, decides which
+//!   queued job starts where, whom it preempts, and why the others wait;
+//! - the per-job reconcile runs what was admitted: a headless Service and an
+//!   Indexed Job pinned to the placement, then follows it through Running to
+//!   Succeeded or Failed, restarting failed runs, enforcing maxRuntime, suspending
+//!   and resuming, and counting GPU-hours and energy.
+//!
+//! Every status write carries the resourceVersion it was computed from, so the
+//! two never overwrite each other's decisions: the loser of a race retries on the
+//! fresh object.
+pub mod build;
+pub mod pass;
+pub mod snapshot;
+
+use crate::apply::apply;
+use crate::context::{Context, on_error};
+use crate::controllers::pods;
+use crate::error::{Error, Result};
+use aifactory_api::{GpuPool, POOL_LABEL, Tenant, TrainingJob, TrainingJobStatus};
+use build::{JobAction, Observed, TRAININGJOB_LABEL};
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::scheduling::v1::PriorityClass;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Action, Config, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+const CONTROLLER: &str = "trainingjob";
+
+struct JobCtx {
+    ctx: Arc<Context>,
+    pools: Store<GpuPool>,
+    /// Wakes the admission pass.
+    changed: Arc<Notify>,
+}
+
+/// Writes `status` as the whole status of `tj`, unless it already is, on
+/// condition that `tj` is still the latest version (409 Conflict otherwise).
+/// Returns whether it wrote.
+pub async fn write_job_status(
+    api: &Api<TrainingJob>,
+    tj: &TrainingJob,
+    status: &TrainingJobStatus,
+) -> Result<bool> {
+    if tj.status.as_ref() == Some(status) {
+        return Ok(false);
+    }
+    let patch = serde_json::json!({
+        "apiVersion": TrainingJob::api_version(&()),
+        "kind": TrainingJob::kind(&()),
+        "metadata": {"name": tj.name_any(), "resourceVersion": tj.resource_version()},
+        "status": status,
+    });
+    api.patch_status(
+        &tj.name_any(),
+        &PatchParams::apply(crate::MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Deletes the run's Job and, in the background, its pods; gone already is fine.
+pub async fn delete_job(jobs: &Api<Job>, name: &str) -> Result<()> {
+    match jobs.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[tracing::instrument(skip_all, fields(job = %tj.name_any(), namespace = tj.namespace().unwrap_or_default()))]
+async fn reconcile(tj: Arc<TrainingJob>, c: Arc<JobCtx>) -> Result<Action> {
+    let ctx = &c.ctx;
+    let _timer = ctx.metrics.reconcile(CONTROLLER);
+    // Whatever changed about a job may change what admission decides.
+    c.changed.notify_one();
+    let ns = tj
+        .namespace()
+        .ok_or_else(|| Error::InvalidSpec("a TrainingJob without a namespace".into()))?;
+    let name = tj.name_any();
+    let api: Api<TrainingJob> = Api::namespaced(ctx.client.clone(), &ns);
+    // Act on the freshest status: the cache may not show the admission pass's
+    // latest decision yet (a preempted job must not get its Job back).
+    let Some(tj) = api.get_opt(&name).await? else {
+        return Ok(Action::await_change());
+    };
+    if tj.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    let job = jobs.get_opt(&name).await?;
+    if let Some(j) = &job
+        && !j.labels().contains_key(TRAININGJOB_LABEL)
+    {
+        return Err(Error::InvalidSpec(format!(
+            "a Job named {name} exists in {ns} and does not belong to this training job"
+        )));
+    }
+    // A pool missing from a cache still filling is not a missing pool.
+    c.pools
+        .wait_until_ready()
+        .await
+        .map_err(|e| Error::InvalidSpec(format!("pool cache: {e}")))?;
+    let pool = c.pools.get(&ObjectRef::new(&tj.spec.pool));
+    let plan = build::plan(
+        &tj,
+        &Observed {
+            job: job.as_ref(),
+            pool: pool.as_deref(),
+            now: build::now(),
+        },
+    );
+    // The decision is recorded before it is acted on: a failed write changes
+    // nothing, and a failed action is retried from the recorded state.
+    write_job_status(&api, &tj, &plan.status).await?;
+    for note in &plan.events {
+        ctx.event(&tj, note.warning, note.reason, note.message.clone())
+            .await;
+    }
+    if plan.service {
+        apply(
+            &Api::<Service>::namespaced(ctx.client.clone(), &ns),
+            &build::service(&tj),
+        )
+        .await?;
+    }
+    match plan.job {
+        JobAction::Keep => {}
+        JobAction::Create(pair) => {
+            let (suspended, released) = *pair;
+            // Created suspended, then released: the admission handshake Kueue uses,
+            // so admission could be handed to Kueue later.
+            apply(&jobs, &suspended).await?;
+            apply(&jobs, &released).await?;
+        }
+        JobAction::Release(released) => {
+            apply(&jobs, &released).await?;
+        }
+        JobAction::Delete => delete_job(&jobs, &name).await?,
+    }
+    Ok(plan
+        .requeue
+        .map_or_else(Action::await_change, Action::requeue))
+}
+
+/// A reflector of `api` with managed fields pruned, and a stream that yields
+/// whenever it changes.
+fn reflect<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (Store<K>, futures::stream::BoxStream<'static, ()>)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let changes = reflector::reflector(
+        writer,
+        watcher(api, config)
+            .default_backoff()
+            .modify(|o| o.managed_fields_mut().clear()),
+    )
+    .touched_objects()
+    .map(|_| ())
+    .boxed();
+    (reader, changes)
+}
+
+/// Runs the TrainingJob controller and the admission pass until `shutdown`.
+pub async fn run(
+    client: Client,
+    ctx: Arc<Context>,
+    concurrency: u16,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let shutdown = shutdown.shared();
+    let changed = Arc::new(Notify::new());
+    let (pools, pool_changes) = reflect(
+        Api::<GpuPool>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let (tenants, tenant_changes) = reflect(
+        Api::<Tenant>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let (classes, class_changes) = reflect(
+        Api::<PriorityClass>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    // Only pool members matter to admission; their image lists do not.
+    let (node_reader, node_writer) = reflector::store();
+    let node_changes = reflector::reflector(
+        node_writer,
+        watcher(
+            Api::<Node>::all(client.clone()),
+            watcher::Config::default().labels(POOL_LABEL).page_size(500),
+        )
+        .default_backoff()
+        .modify(|n| {
+            n.managed_fields_mut().clear();
+            n.annotations_mut().clear();
+            if let Some(s) = n.status.as_mut() {
+                s.images = None;
+            }
+        }),
+    )
+    .touched_objects()
+    .map(|_| ())
+    .boxed();
+    let (pods, pod_changes) = pods::reflect(client.clone());
+    let pod_changes = pod_changes.map(|_| ()).boxed();
+    let wake = {
+        let changed = changed.clone();
+        futures::stream::select_all([
+            pool_changes,
+            tenant_changes,
+            class_changes,
+            node_changes,
+            pod_changes,
+        ])
+        .for_each(move |_| {
+            changed.notify_one();
+            futures::future::ready(())
+        })
+    };
+
+    let owned = watcher::Config::default().labels(TRAININGJOB_LABEL);
+    let controller = Controller::new(
+        Api::<TrainingJob>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns_stream(
+        watcher(
+            Api::<PartialObjectMeta<Job>>::all(client.clone()),
+            owned.clone(),
+        )
+        .default_backoff()
+        .touched_objects(),
+    )
+    .owns_stream(
+        watcher(
+            Api::<PartialObjectMeta<Service>>::all(client.clone()),
+            owned,
+        )
+        .default_backoff()
+        .touched_objects(),
+    )
+    .with_config(
+        Config::default()
+            .concurrency(concurrency)
+            .debounce(Duration::from_millis(300)),
+    );
+    let caches = pass::Caches {
+        jobs: controller.store(),
+        pools: pools.clone(),
+        tenants,
+        nodes: node_reader,
+        pods,
+        priority_classes: classes,
+    };
+    let admission = pass::run(ctx.clone(), caches, changed.clone(), shutdown.clone());
+    let reconciler = controller
+        .graceful_shutdown_on(shutdown)
+        .run(
+            reconcile,
+            |tj: Arc<TrainingJob>, err: &Error, c: Arc<JobCtx>| {
+                on_error(CONTROLLER, tj.as_ref(), err, &c.ctx)
+            },
+            Arc::new(JobCtx {
+                ctx,
+                pools,
+                changed,
+            }),
+        )
+        .for_each(|_| futures::future::ready(()));
+    tokio::select! {
+        _ = async { tokio::join!(reconciler, admission) } => {}
+        _ = wake => {}
+    }
+}

@@ -1,0 +1,304 @@
+//! The admission pass: one task (not one per object) that, when anything admission
+//! depends on changes (and every few seconds for time-based rules), snapshots the
+//! caches into a factory, asks the engine what may start, and applies its
+//! decisions in order: admit, preempt then admit, or write why a job waits. It
+//! also keeps each tenant's usage in the Tenant's status, under its own field
+//! manager.
+use super::snapshot::{
+    self, Caches as Views, admitted_status, job_id, preempted_status, queued_status,
+    tenant_usage_status,
+};
+use super::{build, delete_job, write_job_status};
+use crate::context::Context;
+use crate::error::Result;
+use aifactory_admission::{Admission, Eviction, Outcome, admit};
+use aifactory_api::{GpuPool, Tenant, TrainingJob};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::scheduling::v1::PriorityClass;
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::reflector::{ObjectRef, Store};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+const CONTROLLER: &str = "admission";
+/// Field manager of a Tenant's usage fields: the Tenant controller owns the rest.
+pub const USAGE_MANAGER: &str = "aifactory-usage";
+/// A burst of changes (a job admitted, its pods created) makes one pass.
+const DEBOUNCE: Duration = Duration::from_secs(1);
+/// Passes happen at least this often: starving jobs and budgets change with time.
+const TICK: Duration = Duration::from_secs(10);
+/// Longest a pass waits for the cache to show the previous pass's writes.
+const CATCH_UP: Duration = Duration::from_secs(5);
+
+/// The caches a pass reads.
+pub struct Caches {
+    /// Every TrainingJob (the TrainingJob controller's cache).
+    pub jobs: Store<TrainingJob>,
+    /// Every GpuPool.
+    pub pools: Store<GpuPool>,
+    /// Every Tenant.
+    pub tenants: Store<Tenant>,
+    /// Nodes labelled as pool members.
+    pub nodes: Store<Node>,
+    /// Pods bound to a node and not finished.
+    pub pods: Store<Pod>,
+    /// Every PriorityClass.
+    pub priority_classes: Store<PriorityClass>,
+}
+
+/// A TrainingJob status the last pass wrote, with the resourceVersion it replaced.
+struct Written {
+    job: ObjectRef<TrainingJob>,
+    replaced: Option<String>,
+}
+
+/// Runs admission passes until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    caches: Caches,
+    changed: Arc<Notify>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    // A pass on a half-filled cache would admit onto GPUs that are taken.
+    let ready = async {
+        let _ = tokio::join!(
+            caches.jobs.wait_until_ready(),
+            caches.pools.wait_until_ready(),
+            caches.tenants.wait_until_ready(),
+            caches.nodes.wait_until_ready(),
+            caches.pods.wait_until_ready(),
+            caches.priority_classes.wait_until_ready(),
+        );
+    };
+    tokio::select! {
+        _ = ready => {}
+        _ = &mut shutdown => return,
+    }
+    tracing::info!("admission caches ready");
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut written = vec![];
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = changed.notified() => {}
+            _ = tick.tick() => {}
+        }
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(DEBOUNCE) => {}
+        }
+        catch_up(&caches.jobs, &written).await;
+        let _timer = ctx.metrics.reconcile(CONTROLLER);
+        written = pass(&ctx, &caches).await;
+    }
+}
+
+/// Waits (a little) until the cache shows every status the last pass wrote, so a
+/// job admitted a second ago is not seen as still queued and admitted twice.
+async fn catch_up(jobs: &Store<TrainingJob>, written: &[Written]) {
+    let deadline = tokio::time::Instant::now() + CATCH_UP;
+    loop {
+        let behind = written.iter().any(|w| {
+            jobs.get(&w.job)
+                .is_some_and(|j| j.resource_version() == w.replaced)
+        });
+        if !behind || tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One pass: decide and apply. Failures of one job are logged and counted; the
+/// next pass looks again.
+async fn pass(ctx: &Context, caches: &Caches) -> Vec<Written> {
+    let jobs = caches.jobs.state();
+    let pools = caches.pools.state();
+    let tenants = caches.tenants.state();
+    let snap = snapshot::snapshot(
+        &Views {
+            jobs: &jobs,
+            pools: &pools,
+            tenants: &tenants,
+            nodes: &caches.nodes.state(),
+            pods: &caches.pods.state(),
+            priority_classes: &caches.priority_classes.state(),
+        },
+        jiff::Timestamp::now(),
+    );
+    let decisions = admit(&snap.factory);
+    let by_id: HashMap<String, &Arc<TrainingJob>> = jobs.iter().map(|j| (job_id(j), j)).collect();
+    let watts = |tj: &TrainingJob| {
+        pools
+            .iter()
+            .find(|p| p.name_any() == tj.spec.pool)
+            .map(|p| f64::from(p.spec.gpu.power_watts))
+            .unwrap_or(0.0)
+    };
+    let now = build::now();
+    let mut written = vec![];
+    let mut record = |tj: &TrainingJob, outcome: Result<bool>| match outcome {
+        Ok(true) => written.push(Written {
+            job: ObjectRef::from_obj(tj),
+            replaced: tj.resource_version(),
+        }),
+        Ok(false) => {}
+        Err(e) => {
+            ctx.metrics.error(CONTROLLER, e.metric_label());
+            tracing::warn!(job = %job_id(tj), error = %e, "applying an admission decision failed");
+        }
+    };
+    for decision in &decisions.decisions {
+        let Some(tj) = by_id.get(&decision.job) else {
+            continue;
+        };
+        match &decision.outcome {
+            Outcome::Admit(admission) => {
+                let r = admit_job(ctx, tj, admission, &decision.pool, &now).await;
+                record(tj, r);
+            }
+            Outcome::PreemptToAdmit { evict, admission } => {
+                let mut evicted_all = true;
+                for eviction in evict {
+                    let Some(victim) = by_id.get(&eviction.job) else {
+                        evicted_all = false;
+                        continue;
+                    };
+                    let r = preempt(ctx, victim, eviction, watts(victim), &now).await;
+                    evicted_all &= r.is_ok();
+                    record(victim, r);
+                }
+                // Admitting while a victim still holds its GPUs would give them twice.
+                if evicted_all {
+                    let r = admit_job(ctx, tj, admission, &decision.pool, &now).await;
+                    record(tj, r);
+                }
+            }
+            Outcome::Queued { position, reason } => {
+                let status = queued_status(
+                    tj,
+                    Some(*position),
+                    &reason.to_string(),
+                    reason.code(),
+                    &now,
+                );
+                let r = queue(ctx, tj, &status).await;
+                record(tj, r);
+            }
+        }
+    }
+    for (id, reason) in &snap.refused {
+        if let Some(tj) = by_id.get(id) {
+            let status = queued_status(tj, None, reason, "NotAdmissible", &now);
+            let r = queue(ctx, tj, &status).await;
+            record(tj, r);
+        }
+    }
+    for tenant in tenants
+        .iter()
+        .filter(|t| t.metadata.deletion_timestamp.is_none())
+    {
+        let usage = snap
+            .usage
+            .get(&tenant.name_any())
+            .cloned()
+            .unwrap_or_default();
+        let status = tenant_usage_status(tenant, &usage, jiff::Timestamp::now(), &now);
+        let r = crate::controllers::write_status_as(
+            USAGE_MANAGER,
+            &Api::<Tenant>::all(ctx.client.clone()),
+            &tenant.name_any(),
+            tenant.status.as_ref(),
+            &status,
+            false,
+        )
+        .await;
+        if let Err(e) = r {
+            ctx.metrics.error(CONTROLLER, e.metric_label());
+            tracing::warn!(tenant = %tenant.name_any(), error = %e, "writing tenant usage failed");
+        }
+    }
+    written
+}
+
+fn api(ctx: &Context, tj: &TrainingJob) -> Api<TrainingJob> {
+    Api::namespaced(ctx.client.clone(), &tj.namespace().unwrap_or_default())
+}
+
+async fn admit_job(
+    ctx: &Context,
+    tj: &TrainingJob,
+    admission: &Admission,
+    pool: &str,
+    now: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+) -> Result<bool> {
+    let status = admitted_status(tj, admission, now);
+    let wrote = write_job_status(&api(ctx, tj), tj, &status).await?;
+    if wrote {
+        ctx.event(
+            tj,
+            false,
+            "Admitted",
+            format!(
+                "admitted to pool {pool} on {}{}",
+                admission.placement.join(", "),
+                if admission.borrowed_gpus > 0 {
+                    format!(
+                        " ({} GPUs borrowed from idle guarantees)",
+                        admission.borrowed_gpus
+                    )
+                } else {
+                    String::new()
+                }
+            ),
+        )
+        .await;
+    }
+    Ok(wrote)
+}
+
+async fn preempt(
+    ctx: &Context,
+    victim: &TrainingJob,
+    eviction: &Eviction,
+    watts: f64,
+    now: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+) -> Result<bool> {
+    let reason = eviction.reason.to_string();
+    let status = preempted_status(victim, &reason, watts, now);
+    // The decision is recorded first: if deleting the Job fails, the victim's
+    // reconcile deletes it (a queued job keeps no Job).
+    let wrote = write_job_status(&api(ctx, victim), victim, &status).await?;
+    let jobs: Api<Job> =
+        Api::namespaced(ctx.client.clone(), &victim.namespace().unwrap_or_default());
+    delete_job(&jobs, &victim.name_any()).await?;
+    if wrote {
+        ctx.event(victim, true, "Preempted", reason).await;
+    }
+    Ok(wrote)
+}
+
+async fn queue(
+    ctx: &Context,
+    tj: &TrainingJob,
+    status: &aifactory_api::TrainingJobStatus,
+) -> Result<bool> {
+    let first = tj.status.as_ref().and_then(|s| s.phase).is_none();
+    let wrote = write_job_status(&api(ctx, tj), tj, status).await?;
+    if wrote && first {
+        ctx.event(
+            tj,
+            false,
+            "Queued",
+            status.pending_reason.clone().unwrap_or_default(),
+        )
+        .await;
+    }
+    Ok(wrote)
+}

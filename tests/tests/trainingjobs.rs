@@ -1,0 +1,566 @@
+//! TrainingJobs on the local factory: gangs are admitted whole onto distinct pool
+//! nodes and run to the end, bigger gangs wait their turn without starting in
+//! part, lenders reclaim their GPUs from borrowers, failed runs restart, deadlines
+//! stop runs, and suspended jobs give their GPUs back. Each test has its own
+//! nodes, its own dedicated pool and its own tenants.
+use aifactory_api::{GpuPool, Tenant, TrainingJob, TrainingJobPhase};
+use aifactory_tests::*;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Pod, ResourceQuota, Service};
+use k8s_openapi::api::events::v1::Event;
+use kube::Client;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(90);
+const JOB_LABEL: &str = "aifactory.dev/trainingjob";
+
+/// Deletes cluster-scoped objects (tenants, pools) when the test ends; a tenant
+/// takes its namespaces, and so its jobs, with it.
+struct Cleanup(Vec<(&'static str, String)>);
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for (kind, name) in self.0.iter().rev() {
+            let _ = kubectl(&["delete", kind, name, "--wait=false", "--ignore-not-found"]);
+        }
+    }
+}
+
+/// A test's own piece of the factory: `nodes` 8-GPU H100 nodes in a dedicated pool.
+struct Factory {
+    client: Client,
+    nodes: FakeNodes,
+    pool: String,
+    cleanup: Cleanup,
+}
+
+impl Factory {
+    async fn new(prefix: &str, nodes: usize) -> anyhow::Result<Self> {
+        let client = admin().await?;
+        install_crds(&client).await?;
+        require_operator(&client).await?;
+        let group = unique_name(prefix);
+        let fake = FakeNodes::create(&client, &group, nodes, "H100-80GB", 8).await?;
+        let pool = format!("{group}-pool");
+        let gp: GpuPool = serde_json::from_value(json!({
+            "apiVersion": "aifactory.dev/v1alpha1", "kind": "GpuPool", "metadata": {"name": pool},
+            "spec": {"nodeSelector": {"matchLabels": {TEST_GROUP: group}},
+                     "gpu": {"model": "H100-80GB", "perNode": 8, "powerWatts": 700},
+                     "dedicated": true, "location": {"region": "eu-west"}}
+        }))?;
+        let pools = Api::<GpuPool>::all(client.clone());
+        pools.create(&PostParams::default(), &gp).await?;
+        let cleanup = Cleanup(vec![("gpupool", pool.clone())]);
+        let want = 8 * nodes as i64;
+        wait_for(&format!("pool {pool} with {want} GPUs"), WAIT, || {
+            let pools = pools.clone();
+            let pool = pool.clone();
+            async move {
+                let p = pools.get(&pool).await?;
+                Ok(p.status
+                    .is_some_and(|s| s.gpus.allocatable == want && s.ready_nodes == nodes as i32)
+                    .then_some(()))
+            }
+        })
+        .await?;
+        Ok(Self {
+            client,
+            nodes: fake,
+            pool,
+            cleanup,
+        })
+    }
+
+    /// A tenant with `quota` in this pool (gpus, borrowingLimit, lendingLimit),
+    /// once Ready with its namespace (named after it) and its GPU quota in place.
+    async fn tenant(&mut self, prefix: &str, quota: Value) -> anyhow::Result<String> {
+        let name = unique_name(prefix);
+        let mut q = quota.clone();
+        q["pool"] = json!(self.pool);
+        let t: Tenant = serde_json::from_value(json!({
+            "apiVersion": "aifactory.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": name},
+            "spec": {"owners": [{"kind": "User", "name": format!("{name}-owner")}], "quota": [q]}
+        }))?;
+        let tenants = Api::<Tenant>::all(self.client.clone());
+        tenants.create(&PostParams::default(), &t).await?;
+        self.cleanup.0.push(("tenant", name.clone()));
+        let guaranteed = quota["gpus"].as_i64().unwrap_or(0);
+        let ceiling = (guaranteed + quota["borrowingLimit"].as_i64().unwrap_or(1_000_000))
+            .min((8 * self.nodes.names.len() as i64).max(guaranteed))
+            .to_string();
+        let quotas = Api::<ResourceQuota>::namespaced(self.client.clone(), &name);
+        wait_for(
+            &format!("tenant {name} Ready with a GPU quota of {ceiling}"),
+            WAIT,
+            || {
+                let (tenants, quotas, name, ceiling) = (
+                    tenants.clone(),
+                    quotas.clone(),
+                    name.clone(),
+                    ceiling.clone(),
+                );
+                async move {
+                    let t = tenants.get(&name).await?;
+                    let ready = t.status.is_some_and(|s| {
+                        s.conditions
+                            .iter()
+                            .any(|c| c.type_ == "Ready" && c.status == "True")
+                    });
+                    let quota = quotas.get_opt("aifactory-tenant").await?.is_some_and(|q| {
+                        q.spec
+                            .and_then(|s| s.hard)
+                            .is_some_and(|h| h["requests.nvidia.com/gpu"].0 == ceiling)
+                    });
+                    Ok((ready && quota).then_some(()))
+                }
+            },
+        )
+        .await?;
+        Ok(name)
+    }
+
+    /// Submits a job of `nodes` × `gpus` in the tenant's namespace.
+    async fn submit(
+        &self,
+        ns: &str,
+        name: &str,
+        nodes: i32,
+        gpus: i32,
+        spec: Value,
+        annotations: Value,
+    ) -> anyhow::Result<()> {
+        let mut s = json!({"pool": self.pool, "nodes": nodes, "gpusPerNode": gpus,
+                           "image": "registry.example/trainer:1", "command": ["torchrun"], "args": ["train.py"]});
+        for (k, v) in spec.as_object().into_iter().flatten() {
+            s[k] = v.clone();
+        }
+        let tj: TrainingJob = serde_json::from_value(json!({
+            "apiVersion": "aifactory.dev/v1alpha1", "kind": "TrainingJob",
+            "metadata": {"name": name, "annotations": annotations}, "spec": s
+        }))?;
+        Api::<TrainingJob>::namespaced(self.client.clone(), ns)
+            .create(&PostParams::default(), &tj)
+            .await?;
+        Ok(())
+    }
+
+    /// Waits until the job satisfies `check`.
+    async fn wait_job(
+        &self,
+        ns: &str,
+        name: &str,
+        what: &str,
+        check: impl Fn(&TrainingJob) -> bool,
+    ) -> anyhow::Result<TrainingJob> {
+        let api = Api::<TrainingJob>::namespaced(self.client.clone(), ns);
+        wait_for(&format!("job {ns}/{name}: {what}"), WAIT, || {
+            let api = api.clone();
+            let check = &check;
+            async move {
+                let tj = api.get(name).await?;
+                Ok(check(&tj).then_some(tj))
+            }
+        })
+        .await
+    }
+
+    async fn wait_phase(
+        &self,
+        ns: &str,
+        name: &str,
+        want: TrainingJobPhase,
+    ) -> anyhow::Result<TrainingJob> {
+        self.wait_job(ns, name, &format!("phase {want:?}"), |tj| {
+            phase(tj) == Some(want)
+        })
+        .await
+    }
+
+    async fn pods(&self, ns: &str, job: &str) -> anyhow::Result<Vec<Pod>> {
+        Ok(Api::<Pod>::namespaced(self.client.clone(), ns)
+            .list(&ListParams::default().labels(&format!("{JOB_LABEL}={job}")))
+            .await?
+            .items)
+    }
+
+    async fn batch_job(&self, ns: &str, name: &str) -> anyhow::Result<Option<Job>> {
+        Ok(Api::<Job>::namespaced(self.client.clone(), ns)
+            .get_opt(name)
+            .await?)
+    }
+
+    async fn tenant_status(&self, name: &str) -> anyhow::Result<aifactory_api::TenantStatus> {
+        Ok(Api::<Tenant>::all(self.client.clone())
+            .get(name)
+            .await?
+            .status
+            .unwrap_or_default())
+    }
+
+    /// Reasons of the Events on the job.
+    async fn events(&self, ns: &str, job: &str) -> anyhow::Result<Vec<String>> {
+        Ok(Api::<Event>::namespaced(self.client.clone(), ns)
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(job))
+            .filter_map(|e| e.reason)
+            .collect())
+    }
+}
+
+fn phase(tj: &TrainingJob) -> Option<TrainingJobPhase> {
+    tj.status.as_ref().and_then(|s| s.phase)
+}
+
+fn failed_reason(tj: &TrainingJob) -> Option<String> {
+    tj.status.as_ref().and_then(|s| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == "Failed" && c.status == "True")
+            .map(|c| c.reason.clone())
+    })
+}
+
+fn running_pods_on(pods: &[Pod]) -> BTreeSet<String> {
+    pods.iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .filter_map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_four_node_gang_runs_on_four_distinct_nodes_to_success_and_is_accounted()
+-> anyhow::Result<()> {
+    let mut f = Factory::new("tj-gang", 5).await?;
+    let acme = f.tenant("acme", json!({"gpus": 40})).await?;
+    f.submit(
+        &acme,
+        "pretrain",
+        4,
+        8,
+        json!({"env": [{"name": "EPOCHS", "value": "3"}]}),
+        json!({"aifactory.dev/simulate-duration": "12s"}),
+    )
+    .await?;
+
+    let admitted = f
+        .wait_job(&acme, "pretrain", "admitted with a placement", |tj| {
+            tj.status
+                .as_ref()
+                .is_some_and(|s| s.placement.is_some() && s.admitted_at.is_some())
+        })
+        .await?;
+    let placement: BTreeSet<String> = admitted
+        .status
+        .unwrap()
+        .placement
+        .unwrap()
+        .nodes
+        .into_iter()
+        .collect();
+    assert_eq!(placement.len(), 4, "four distinct nodes: {placement:?}");
+    assert!(placement.iter().all(|n| f.nodes.names.contains(n)));
+
+    // The children: a headless Service and an Indexed Job, released.
+    let services = Api::<Service>::namespaced(f.client.clone(), &acme);
+    let svc = wait_for("the headless Service", WAIT, || async {
+        Ok(services.get_opt("pretrain").await?)
+    })
+    .await?;
+    assert_eq!(svc.spec.unwrap().cluster_ip.as_deref(), Some("None"));
+    let job = wait_for("the Job, released", WAIT, || async {
+        Ok(f.batch_job(&acme, "pretrain")
+            .await?
+            .filter(|j| j.spec.as_ref().is_some_and(|s| s.suspend == Some(false))))
+    })
+    .await?;
+    let spec = job.spec.unwrap();
+    assert_eq!(spec.completion_mode.as_deref(), Some("Indexed"));
+    assert_eq!((spec.completions, spec.parallelism), (Some(4), Some(4)));
+    assert_eq!(spec.backoff_limit, Some(0));
+    assert_eq!(spec.suspend, Some(false));
+    let env = spec.template.spec.unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap();
+    let value = |n: &str| {
+        env.iter()
+            .find(|e| e.name == n)
+            .and_then(|e| e.value.clone())
+    };
+    assert_eq!(value("MASTER_ADDR").as_deref(), Some("pretrain-0.pretrain"));
+    assert_eq!(value("WORLD_SIZE").as_deref(), Some("4"));
+    assert_eq!(value("EPOCHS").as_deref(), Some("3"));
+
+    let pods_on = wait_for("4 pods running on 4 distinct nodes", WAIT, || async {
+        let on = running_pods_on(&f.pods(&acme, "pretrain").await?);
+        Ok((on.len() == 4).then_some(on))
+    })
+    .await?;
+    assert_eq!(
+        pods_on, placement,
+        "the pods run exactly where admission put them"
+    );
+    f.wait_phase(&acme, "pretrain", TrainingJobPhase::Running)
+        .await?;
+    let done = f
+        .wait_phase(&acme, "pretrain", TrainingJobPhase::Succeeded)
+        .await?;
+    let status = done.status.unwrap();
+    assert!(status.gpu_hours > 0.0, "{status:?}");
+    assert!(status.energy_kwh > 0.0, "{status:?}");
+    assert!(status.finished_at.is_some());
+
+    let usage = wait_for("the tenant's GPU-hours", WAIT, || async {
+        let s = f.tenant_status(&acme).await?;
+        Ok((s.gpu_hours > 0.0 && s.gpus_in_use == 0).then_some(s))
+    })
+    .await?;
+    assert_eq!(usage.usage[0].pool, f.pool);
+    assert!(usage.period.is_some());
+    let events = f.events(&acme, "pretrain").await?;
+    for reason in ["Admitted", "Running", "Succeeded"] {
+        assert!(
+            events.iter().any(|e| e == reason),
+            "no {reason} event: {events:?}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_gang_larger_than_what_is_free_waits_whole_and_starts_when_gpus_free_up()
+-> anyhow::Result<()> {
+    let mut f = Factory::new("tj-queue", 2).await?;
+    let acme = f.tenant("acme", json!({"gpus": 16})).await?;
+    f.submit(
+        &acme,
+        "first",
+        2,
+        8,
+        json!({}),
+        json!({"aifactory.dev/simulate-duration": "20s"}),
+    )
+    .await?;
+    f.wait_phase(&acme, "first", TrainingJobPhase::Running)
+        .await?;
+    f.submit(
+        &acme,
+        "second",
+        2,
+        8,
+        json!({}),
+        json!({"aifactory.dev/simulate-duration": "3s"}),
+    )
+    .await?;
+    let queued = f
+        .wait_job(&acme, "second", "queued with a reason", |tj| {
+            tj.status.as_ref().is_some_and(|s| {
+                s.phase == Some(TrainingJobPhase::Queued)
+                    && s.queue_position == Some(1)
+                    && s.pending_reason.is_some()
+            })
+        })
+        .await?;
+    let reason = queued.status.unwrap().pending_reason.unwrap();
+    assert!(
+        reason.starts_with("waiting for 16 H100-80GB GPUs"),
+        "{reason}"
+    );
+    // Never started in part: no Job, no pod, as long as the first job runs.
+    for _ in 0..8 {
+        let first = Api::<TrainingJob>::namespaced(f.client.clone(), &acme)
+            .get("first")
+            .await?;
+        if phase(&first) != Some(TrainingJobPhase::Running) {
+            break;
+        }
+        assert!(
+            f.batch_job(&acme, "second").await?.is_none(),
+            "a Job for a queued gang"
+        );
+        assert!(
+            f.pods(&acme, "second").await?.is_empty(),
+            "pods of a queued gang"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    f.wait_phase(&acme, "first", TrainingJobPhase::Succeeded)
+        .await?;
+    let second = f
+        .wait_phase(&acme, "second", TrainingJobPhase::Succeeded)
+        .await?;
+    let status = second.status.unwrap();
+    assert_eq!(status.queue_position, None);
+    assert_eq!(status.pending_reason, None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_lender_reclaims_its_gpus_from_a_borrower_which_is_preempted_and_requeued()
+-> anyhow::Result<()> {
+    let mut f = Factory::new("tj-reclaim", 2).await?;
+    let lender = f
+        .tenant("lender", json!({"gpus": 16, "lendingLimit": 16}))
+        .await?;
+    let borrower = f
+        .tenant("borrower", json!({"gpus": 0, "borrowingLimit": 16}))
+        .await?;
+    // The borrower takes the lender's idle GPUs with a run that would go on forever.
+    f.submit(&borrower, "sweep", 2, 8, json!({}), json!({}))
+        .await?;
+    f.wait_phase(&borrower, "sweep", TrainingJobPhase::Running)
+        .await?;
+    wait_for("the borrower's 16 GPUs in use", WAIT, || async {
+        Ok((f.tenant_status(&borrower).await?.gpus_in_use == 16).then_some(()))
+    })
+    .await?;
+
+    f.submit(
+        &lender,
+        "finetune",
+        2,
+        8,
+        json!({}),
+        json!({"aifactory.dev/simulate-duration": "10s"}),
+    )
+    .await?;
+    let evicted = f
+        .wait_phase(&borrower, "sweep", TrainingJobPhase::Preempted)
+        .await?;
+    let why = evicted.status.unwrap().pending_reason.unwrap_or_default();
+    assert!(why.contains(&format!("tenant {lender} reclaims")), "{why}");
+    f.wait_phase(&lender, "finetune", TrainingJobPhase::Running)
+        .await?;
+    // Requeued once its pods are gone: it waits with a place in the queue.
+    f.wait_job(&borrower, "sweep", "requeued", |tj| {
+        tj.status.as_ref().is_some_and(|s| {
+            s.phase == Some(TrainingJobPhase::Preempted) && s.queue_position == Some(1)
+        })
+    })
+    .await?;
+    assert!(
+        f.events(&borrower, "sweep")
+            .await?
+            .iter()
+            .any(|e| e == "Preempted")
+    );
+    // When the lender is done, the borrower runs again.
+    f.wait_phase(&lender, "finetune", TrainingJobPhase::Succeeded)
+        .await?;
+    f.wait_phase(&borrower, "sweep", TrainingJobPhase::Running)
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failing_run_is_restarted_up_to_max_restarts_then_the_job_fails() -> anyhow::Result<()> {
+    let mut f = Factory::new("tj-restart", 1).await?;
+    let acme = f.tenant("acme", json!({"gpus": 8})).await?;
+    f.submit(
+        &acme,
+        "flaky",
+        1,
+        8,
+        json!({"maxRestarts": 2}),
+        json!({"aifactory.dev/simulate-failure": "true", "aifactory.dev/simulate-duration": "2s"}),
+    )
+    .await?;
+    let failed = f
+        .wait_phase(&acme, "flaky", TrainingJobPhase::Failed)
+        .await?;
+    assert_eq!(failed_reason(&failed).as_deref(), Some("RunFailed"));
+    assert_eq!(failed.status.as_ref().unwrap().restarts, 2);
+    let restarted = f
+        .events(&acme, "flaky")
+        .await?
+        .into_iter()
+        .filter(|e| e == "Restarted")
+        .count();
+    assert!(restarted >= 1, "no Restarted event");
+    // Its GPUs are free again: the tenant holds none.
+    wait_for("the tenant to hold no GPUs", WAIT, || async {
+        Ok((f.tenant_status(&acme).await?.gpus_in_use == 0).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_run_past_max_runtime_is_stopped_and_fails_with_deadline_exceeded() -> anyhow::Result<()>
+{
+    let mut f = Factory::new("tj-deadline", 1).await?;
+    let acme = f.tenant("acme", json!({"gpus": 8})).await?;
+    // No simulate-duration: the pod would run forever.
+    f.submit(
+        &acme,
+        "endless",
+        1,
+        8,
+        json!({"maxRuntime": "10s"}),
+        json!({}),
+    )
+    .await?;
+    f.wait_phase(&acme, "endless", TrainingJobPhase::Running)
+        .await?;
+    let failed = f
+        .wait_phase(&acme, "endless", TrainingJobPhase::Failed)
+        .await?;
+    assert_eq!(failed_reason(&failed).as_deref(), Some("DeadlineExceeded"));
+    let status = failed.status.unwrap();
+    let ran = status.finished_at.unwrap().0.as_second() - status.started_at.unwrap().0.as_second();
+    assert!((10..30).contains(&ran), "stopped {ran} s after it started");
+    assert!(status.gpu_hours > 0.0);
+    wait_for("the Job to be deleted", WAIT, || async {
+        Ok(f.batch_job(&acme, "endless").await?.is_none().then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn suspend_releases_the_gpus_and_resume_runs_the_job_again() -> anyhow::Result<()> {
+    let mut f = Factory::new("tj-suspend", 1).await?;
+    let acme = f.tenant("acme", json!({"gpus": 8})).await?;
+    f.submit(&acme, "notebookish", 1, 8, json!({}), json!({}))
+        .await?;
+    f.wait_phase(&acme, "notebookish", TrainingJobPhase::Running)
+        .await?;
+    let api = Api::<TrainingJob>::namespaced(f.client.clone(), &acme);
+    let suspend = |on: bool| json!({"spec": {"suspend": on}});
+    api.patch(
+        "notebookish",
+        &PatchParams::default(),
+        &Patch::Merge(&suspend(true)),
+    )
+    .await?;
+    let suspended = f
+        .wait_phase(&acme, "notebookish", TrainingJobPhase::Suspended)
+        .await?;
+    assert_eq!(suspended.status.unwrap().placement, None);
+    wait_for("the Job and its pods to be gone", WAIT, || async {
+        let gone = f.batch_job(&acme, "notebookish").await?.is_none()
+            && running_pods_on(&f.pods(&acme, "notebookish").await?).is_empty();
+        Ok(gone.then_some(()))
+    })
+    .await?;
+    wait_for("the tenant to hold no GPUs", WAIT, || async {
+        Ok((f.tenant_status(&acme).await?.gpus_in_use == 0).then_some(()))
+    })
+    .await?;
+
+    api.patch(
+        "notebookish",
+        &PatchParams::default(),
+        &Patch::Merge(&suspend(false)),
+    )
+    .await?;
+    f.wait_phase(&acme, "notebookish", TrainingJobPhase::Running)
+        .await?;
+    assert!(f.batch_job(&acme, "notebookish").await?.is_some());
+    Ok(())
+}
