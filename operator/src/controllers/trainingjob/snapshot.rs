@@ -550,10 +550,13 @@ pub fn tenant_usage_status(
         "gpuHours": hours,
         "energyKWh": round(usage.iter().map(|u| u.energy_kwh).sum()),
         "period": period(now),
-        "usage": usage,
         "conditions": [c],
     });
-    // Without a budget the field is left out, so applying drops it.
+    // Empty or unset fields are left out (applying drops them), as the live
+    // status leaves them out: the comparison before writing must match it.
+    if !usage.is_empty() {
+        status["usage"] = json!(usage);
+    }
     if let Some(remaining) = remaining {
         status["budgetRemainingGpuHours"] = json!(remaining);
     }
@@ -795,6 +798,23 @@ mod tests {
         assert_eq!(status["period"], "2026-01");
         assert_eq!(status["budgetRemainingGpuHours"], 40.0);
         assert_eq!(status["conditions"][0]["status"], "False");
+    }
+
+    #[test]
+    fn a_written_usage_status_reads_back_as_unchanged() {
+        let idle = tenant("idle", json!([{"pool": "h100", "gpus": 8}]), json!({}));
+        let now = jiff::Timestamp::from_second(NOW).unwrap();
+        let status = tenant_usage_status(&idle, &[], now, &ts(NOW));
+        // What the API server returns after the write, as the typed status.
+        let mut live = serde_json::to_value(idle.status.clone().unwrap()).unwrap();
+        for (k, v) in status.as_object().unwrap() {
+            live[k] = v.clone();
+        }
+        let back: aifactory_api::TenantStatus = serde_json::from_value(live).unwrap();
+        assert!(crate::controllers::status_holds(
+            &serde_json::to_value(&back).unwrap(),
+            &status
+        ));
     }
 
     #[test]
