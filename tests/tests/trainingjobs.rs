@@ -76,12 +76,27 @@ impl Factory {
     /// A tenant with `quota` in this pool (gpus, borrowingLimit, lendingLimit),
     /// once Ready with its namespace (named after it) and its GPU quota in place.
     async fn tenant(&mut self, prefix: &str, quota: Value) -> anyhow::Result<String> {
+        self.tenant_with(prefix, quota, json!({})).await
+    }
+
+    /// [`Factory::tenant`] with more of the Tenant's spec (budget, residency, …).
+    async fn tenant_with(
+        &mut self,
+        prefix: &str,
+        quota: Value,
+        extra: Value,
+    ) -> anyhow::Result<String> {
         let name = unique_name(prefix);
         let mut q = quota.clone();
         q["pool"] = json!(self.pool);
+        let mut spec =
+            json!({"owners": [{"kind": "User", "name": format!("{name}-owner")}], "quota": [q]});
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            spec[k] = v.clone();
+        }
         let t: Tenant = serde_json::from_value(json!({
             "apiVersion": "aifactory.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": name},
-            "spec": {"owners": [{"kind": "User", "name": format!("{name}-owner")}], "quota": [q]}
+            "spec": spec
         }))?;
         let tenants = Api::<Tenant>::all(self.client.clone());
         tenants.create(&PostParams::default(), &t).await?;
@@ -562,5 +577,66 @@ async fn suspend_releases_the_gpus_and_resume_runs_the_job_again() -> anyhow::Re
     f.wait_phase(&acme, "notebookish", TrainingJobPhase::Running)
         .await?;
     assert!(f.batch_job(&acme, "notebookish").await?.is_some());
+    Ok(())
+}
+
+#[tokio::test]
+async fn jobs_that_cannot_start_wait_with_a_reason_a_tenant_understands() -> anyhow::Result<()> {
+    let mut f = Factory::new("tj-refused", 1).await?;
+    // A tenant whose monthly budget is used up (here: a budget of zero).
+    let broke = f
+        .tenant_with(
+            "broke",
+            json!({"gpus": 8}),
+            json!({"budget": {"gpuHoursPerMonth": 0.0}}),
+        )
+        .await?;
+    f.submit(&broke, "over-budget", 1, 8, json!({}), json!({}))
+        .await?;
+    // A namespace that belongs to no tenant.
+    let stray = TestNamespace::new(&f.client, "tj-stray").await?;
+    f.submit(&stray.name, "orphan", 1, 8, json!({}), json!({}))
+        .await?;
+    // A pool that does not exist.
+    let acme = f.tenant("acme", json!({"gpus": 8})).await?;
+    f.submit(
+        &acme,
+        "nowhere",
+        1,
+        8,
+        json!({"pool": "no-such-pool"}),
+        json!({}),
+    )
+    .await?;
+
+    for (ns, job, words) in [
+        (broke.as_str(), "over-budget", "budget exhausted"),
+        (stray.name.as_str(), "orphan", "belongs to no tenant"),
+        (acme.as_str(), "nowhere", "unknown pool no-such-pool"),
+    ] {
+        f.wait_job(ns, job, &format!("queued: {words}"), |tj| {
+            tj.status.as_ref().is_some_and(|s| {
+                s.phase == Some(TrainingJobPhase::Queued)
+                    && s.pending_reason
+                        .as_deref()
+                        .is_some_and(|r| r.contains(words))
+            })
+        })
+        .await?;
+        assert!(
+            f.batch_job(ns, job).await?.is_none(),
+            "{job} must not start"
+        );
+    }
+    let status = wait_for("the tenant's budget to show exhausted", WAIT, || async {
+        let s = f.tenant_status(&broke).await?;
+        let exhausted = s
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "BudgetExhausted" && c.status == "True");
+        Ok(exhausted.then_some(s))
+    })
+    .await?;
+    assert_eq!(status.budget_remaining_gpu_hours, Some(0.0));
     Ok(())
 }
