@@ -348,6 +348,27 @@ pub fn run_state(tj: &TrainingJob, job: Option<&Job>, run: i32) -> Run {
     }
 }
 
+/// When a finished Job's run ended (its completion, or when it was marked
+/// failed), at the latest `now`: a reconcile that comes late counts no extra time.
+fn run_end(job: Option<&Job>, now: &Time) -> Time {
+    let end = job.and_then(|j| {
+        let status = j.status.as_ref()?;
+        status.completion_time.clone().or_else(|| {
+            status
+                .conditions
+                .as_ref()?
+                .iter()
+                .find(|c| c.type_ == "Failed" && c.status == "True")?
+                .last_transition_time
+                .clone()
+        })
+    });
+    match end {
+        Some(end) if end.0 < now.0 => end,
+        _ => now.clone(),
+    }
+}
+
 /// Whether a Job still holds (or may start) pods.
 pub fn finished(job: &Job) -> bool {
     job_condition(job, "Complete").is_some() || job_condition(job, "Failed").is_some()
@@ -586,9 +607,10 @@ pub fn plan(tj: &TrainingJob, obs: &Observed) -> Plan {
                                 .and_then(|j| j.status.as_ref()?.start_time.clone())
                                 .or_else(|| previous.admitted_at.clone());
                         }
-                        account(&mut st, spec, watts, now);
+                        let end = run_end(obs.job, now);
+                        account(&mut st, spec, watts, &end);
                         st.phase = Some(TrainingJobPhase::Succeeded);
-                        st.finished_at = Some(now.clone());
+                        st.finished_at = Some(end);
                         set(
                             &mut st,
                             CONDITION_READY,
@@ -609,7 +631,8 @@ pub fn plan(tj: &TrainingJob, obs: &Observed) -> Plan {
                             st.started_at =
                                 obs.job.and_then(|j| j.status.as_ref()?.start_time.clone());
                         }
-                        account(&mut st, spec, watts, now);
+                        let end = run_end(obs.job, now);
+                        account(&mut st, spec, watts, &end);
                         let why = if message.is_empty() {
                             reason.clone()
                         } else {
@@ -642,7 +665,7 @@ pub fn plan(tj: &TrainingJob, obs: &Observed) -> Plan {
                             );
                         } else {
                             st.phase = Some(TrainingJobPhase::Failed);
-                            st.finished_at = Some(now.clone());
+                            st.finished_at = Some(end);
                             let message = format!(
                                 "run {} failed ({why}) and maxRestarts ({}) is reached",
                                 run + 1,
@@ -919,12 +942,15 @@ mod tests {
         let done = live_job(
             &tj1,
             0,
-            json!({"conditions": [{"type": "Complete", "status": "True"}]}),
+            json!({"conditions": [{"type": "Complete", "status": "True"}],
+                   "completionTime": "2026-01-01T00:30:10Z"}),
         );
-        let p = plan_at(&tj1, Some(&done), 10 + 1800);
+        // Seen a minute late: the run is counted until the Job completed.
+        let p = plan_at(&tj1, Some(&done), 10 + 1800 + 60);
         assert_eq!(p.status.phase, Some(TrainingJobPhase::Succeeded));
         assert_eq!(p.status.gpu_hours, 16.0, "32 GPUs for half an hour");
         assert_eq!(p.status.energy_kwh, 11.2, "at 700 W each");
+        assert_eq!(p.status.finished_at, Some(at(1810)));
         assert_eq!(
             p.job,
             JobAction::Keep,
