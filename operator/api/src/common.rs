@@ -62,4 +62,39 @@ impl DatasetMount {
             .clone()
             .unwrap_or_else(|| format!("/data/{}", self.name))
     }
+
+    /// The namespace of the Dataset, for an object in `mounting_namespace`.
+    pub fn dataset_namespace<'a>(&'a self, mounting_namespace: &'a str) -> &'a str {
+        self.namespace.as_deref().unwrap_or(mounting_namespace)
+    }
+
+    /// The claim a pod in `mounting_namespace` mounts: the dataset's own claim (named
+    /// after the Dataset) when the Dataset lives there; otherwise the read-only
+    /// claim its owner's grant put there, `shared.<owner namespace>.<dataset>`.
+    /// Whether the mount is allowed at all is [`crate::dataset_access`]'s answer.
+    pub fn claim_name(&self, mounting_namespace: &str) -> String {
+        match self.namespace.as_deref() {
+            Some(ns) if ns != mounting_namespace => crate::shared_claim_name(ns, &self.name),
+            _ => self.name.clone(),
+        }
+    }
+}
+
+/// `name` if it has at most `max` characters; otherwise a prefix of it and a hash
+/// of the whole, so that long names stay distinct, stable and valid (they end in
+/// a hex digit).
+pub fn bounded_name(name: &str, max: usize) -> String {
+    if name.len() <= max {
+        return name.to_string();
+    }
+    // FNV-1a: stable across Rust releases, unlike std's DefaultHasher.
+    let hash = name.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    });
+    let suffix = format!("-{:012x}", hash & 0xffff_ffff_ffff);
+    let mut prefix: String = name.chars().take(max - suffix.len()).collect();
+    while prefix.ends_with(['-', '.']) {
+        prefix.pop();
+    }
+    prefix + &suffix
 }
