@@ -71,7 +71,8 @@ kc apply --server-side --force-conflicts --field-manager=aifactory-factory -f "$
 released=$(kc get pv -l "$pool_label=$class" \
   -o jsonpath='{range .items[?(@.status.phase=="Released")]}{.metadata.name}{"\n"}{end}')
 for pv in $released; do
-  kc patch pv "$pv" --type json -p '[{"op": "remove", "path": "/spec/claimRef"}]' >/dev/null
+  # Another run recycling at the same time may have been first: not an error.
+  kc patch pv "$pv" --type json -p '[{"op": "remove", "path": "/spec/claimRef"}]' >/dev/null 2>&1 || true
 done
 available=$(kc get pv -l "$pool_label=$class" --no-headers | awk '$5 == "Available"' | wc -l)
 log "storage class $class (default) with $i volumes; $(echo "$released" | grep -c . || true) recycled, $available available"
