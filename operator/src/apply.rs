@@ -25,6 +25,8 @@ pub fn contains(live: &Value, desired: &Value) -> bool {
         (Value::Array(l), Value::Array(d)) => {
             l.len() == d.len() && l.iter().zip(d).all(|(lv, dv)| contains(lv, dv))
         }
+        // A field the server dropped because it was empty.
+        (Value::Null, d) if is_empty(d) => true,
         _ => live == desired,
     }
 }
@@ -104,7 +106,9 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_desired_field_matches_an_absent_one() {
+    fn an_empty_desired_field_matches_an_absent_or_null_one() {
+        assert!(contains(&Value::Null, &json!([])));
+        assert!(!contains(&Value::Null, &json!(["x"])));
         assert!(contains(
             &json!({"spec": {}}),
             &json!({"spec": {"members": []}})
