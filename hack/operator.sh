@@ -15,6 +15,12 @@ addr=${AIFACTORY_OPERATOR_ADDR:-127.0.0.1:18080}
 
 running() { [ -f "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null; }
 
+# Several test runs may start or stop the operator at once: one at a time, so two
+# starts never leave an operator the pid file does not know.
+mkdir -p "$state"
+exec 9>"$state/operator.lock"
+flock 9
+
 case ${1:-} in
   start)
     if running; then echo "operator already running (pid $(cat "$pidf"))" >&2; exit 0; fi
