@@ -9,6 +9,7 @@
 //! ```text
 //! simulate --factory examples/simulate/factory.yaml --trace examples/simulate/trace.csv
 //! simulate --factory f.yaml --trace t.csv --json report.json --tick 60 --until 86400
+//! simulate --factory f.yaml --trace t.csv --log events.csv   # every admission, and why jobs waited
 //! simulate generate --jobs 1000000 --nodes 1250 --factory-out big.yaml --trace-out big.csv
 //! ```
 //!

@@ -37,6 +37,7 @@ pub enum Priority {
 #[serde(rename_all = "camelCase")]
 pub struct Row {
     /// Submission time, seconds.
+    #[serde(serialize_with = "whole_if_whole")]
     pub submit: f64,
     /// Tenant name.
     pub tenant: String,
@@ -47,13 +48,23 @@ pub struct Row {
     /// GPUs per pod.
     pub gpus_per_node: u32,
     /// Run time, seconds.
+    #[serde(serialize_with = "whole_if_whole")]
     pub duration: f64,
     /// Priority (integer or class name); empty = the default.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub priority: Option<Priority>,
     /// Topology level to pack into (`rack`, `block`); empty = none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub pack: Option<String>,
+}
+
+/// Write `60` rather than `60.0`: traces stay short and read like the examples.
+fn whole_if_whole<S: serde::Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        s.serialize_i64(*x as i64)
+    } else {
+        s.serialize_f64(*x)
+    }
 }
 
 /// Read a trace file (CSV, or YAML if it ends in `.yaml`/`.yml`).
@@ -137,6 +148,18 @@ submit,tenant,pool,nodes,gpusPerNode,duration,priority,pack
             (None, None)
         );
         assert_eq!(rows[2].priority, Some(Priority::Value(100)));
+    }
+
+    #[test]
+    fn written_rows_read_back_with_whole_seconds() {
+        let text = "submit,tenant,pool,nodes,gpusPerNode,duration,priority,pack\n\
+                    0,acme,h100,2,8,3600,aifactory-high,rack\n\
+                    1.5,acme,h100,1,1,30,,\n";
+        let rows = read_csv(text.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        write_csv(rows.clone(), &mut out).unwrap();
+        assert_eq!(String::from_utf8(out.clone()).unwrap(), text);
+        assert_eq!(read_csv(out.as_slice()).unwrap(), rows);
     }
 
     #[test]
