@@ -1,7 +1,7 @@
 //! `aifactory run`: the operator. Waits for its CRDs, serves /healthz, /readyz and
 //! /metrics, takes the leader Lease, then runs every controller until SIGTERM.
 use aifactory::context::Context;
-use aifactory::controllers::{gpupool, pods, tenant, trainingjob};
+use aifactory::controllers::{dataset, gpupool, pods, tenant, trainingjob, workspace};
 use aifactory::leader::Election;
 use aifactory::metrics::Metrics;
 use aifactory::server::{self, Health};
@@ -193,6 +193,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         stopped(),
     ));
     controllers.spawn(trainingjob::run(
+        client.clone(),
+        ctx.clone(),
+        args.concurrency,
+        stopped(),
+    ));
+    controllers.spawn(dataset::run(
+        client.clone(),
+        ctx.clone(),
+        args.concurrency,
+        stopped(),
+    ));
+    controllers.spawn(workspace::run(
         client.clone(),
         ctx.clone(),
         args.concurrency,

@@ -1,9 +1,11 @@
 //! One module per kind; inside, `build` is pure (spec + observed state in, desired
 //! state out) and `mod.rs` fetches, applies and writes status.
+pub mod dataset;
 pub mod gpupool;
 pub mod pods;
 pub mod tenant;
 pub mod trainingjob;
+pub mod workspace;
 
 use serde_json::Value;
 

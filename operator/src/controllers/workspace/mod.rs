@@ -1,0 +1,243 @@
+//! Workspace controller: home and scratch claims (owned by the workspace, so they
+//! go with it), the datasets it names checked with the same rule as jobs (its own,
+//! or granted to its namespace), and its status. An interactive session is reported
+//! Queued: sessions will go through the TrainingJob admission engine, which does
+//! not admit them yet.
+pub mod build;
+
+use crate::apply::apply;
+use crate::context::{Context, now, on_error};
+use crate::controllers::dataset::{
+    build::class_refusal, build::owner_tenant, grow_claim, namespace_terminating,
+};
+use crate::error::{Error, Result};
+use aifactory_api::{CONDITION_READY, Dataset, Tenant, Workspace, WorkspacePhase};
+use build::Observed;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use kube::api::{Api, DeleteParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Action, Config, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use std::sync::Arc;
+use std::time::Duration;
+
+const CONTROLLER: &str = "workspace";
+
+struct WorkspaceCtx {
+    ctx: Arc<Context>,
+    datasets: Store<Dataset>,
+    tenants: Store<Tenant>,
+}
+
+#[tracing::instrument(skip_all, fields(workspace = %ws.name_any(), namespace = ws.namespace().unwrap_or_default()))]
+async fn reconcile(ws: Arc<Workspace>, c: Arc<WorkspaceCtx>) -> Result<Action> {
+    match provision(&ws, &c).await {
+        // The workspace is about to go with its namespace: nothing to retry.
+        Err(e) if namespace_terminating(&e) => Ok(Action::await_change()),
+        outcome => outcome,
+    }
+}
+
+async fn provision(ws: &Workspace, c: &WorkspaceCtx) -> Result<Action> {
+    let ctx = &c.ctx;
+    let _timer = ctx.metrics.reconcile(CONTROLLER);
+    let ns = ws
+        .namespace()
+        .ok_or_else(|| Error::InvalidSpec("a Workspace without a namespace".into()))?;
+    if ws.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let cache = |e| Error::InvalidSpec(format!("cache: {e}"));
+    c.datasets.wait_until_ready().await.map_err(cache)?;
+    c.tenants.wait_until_ready().await.map_err(cache)?;
+    let name = ws.name_any();
+    let previous = ws.status.clone().unwrap_or_default();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    let tenants = c.tenants.state();
+    let owner = owner_tenant(&ns, &tenants);
+    let mut observed = Observed {
+        blocked: class_refusal(
+            ws.spec.storage.storage_class_name.as_deref(),
+            owner.map(|o| o.as_ref()),
+        )
+        .map(|m| ("StorageClassNotAllowed", m)),
+        ..Observed::at(now())
+    };
+    let desired = build::claims(ws);
+    if observed.blocked.is_none() {
+        for (claim, size) in &desired {
+            let claim_name = claim.name_any();
+            let live = claims.get_opt(&claim_name).await?;
+            match &live {
+                Some(l) if !build::owned_by(l, ws) => {
+                    observed.blocked = Some((
+                        "ClaimConflict",
+                        format!(
+                            "a claim named {claim_name} already exists in {ns} and is not this workspace's"
+                        ),
+                    ));
+                    break;
+                }
+                None => {
+                    apply(&claims, claim).await?;
+                }
+                Some(l) => {
+                    if let Some(why) = grow_claim(
+                        &claims,
+                        l,
+                        claim,
+                        size,
+                        &previous.conditions,
+                        ws.metadata.generation,
+                    )
+                    .await?
+                    {
+                        observed.resize_refused = Some(why);
+                    }
+                }
+            }
+            let bound = claims
+                .get_opt(&claim_name)
+                .await?
+                .and_then(|c| c.status)
+                .is_some_and(|s| s.phase.as_deref() == Some("Bound"));
+            observed.claims.push((claim_name, bound));
+        }
+    }
+    // Scratch dropped from the spec: its claim goes (only ever our own).
+    let scratch = build::scratch_claim_name(ws);
+    if ws.spec.storage.scratch.is_none()
+        && let Some(live) = claims.get_opt(&scratch).await?
+        && build::owned_by(&live, ws)
+        && live.metadata.deletion_timestamp.is_none()
+    {
+        claims.delete(&scratch, &DeleteParams::default()).await?;
+        ctx.event(
+            ws,
+            false,
+            "ScratchRemoved",
+            format!("claim {scratch} deleted: the workspace no longer asks for scratch"),
+        )
+        .await;
+    }
+    let datasets = c.datasets.state();
+    observed.refusals = build::dataset_refusals(ws, datasets.iter().map(|d| d.as_ref()));
+
+    let status = build::status(ws, &observed);
+    let ready = crate::conditions::find(&status.conditions, CONDITION_READY);
+    let was = crate::conditions::find(&previous.conditions, CONDITION_READY);
+    if let Some(r) = ready
+        && was.is_none_or(|w| w.reason != r.reason || w.message != r.message)
+        && (status.phase != previous.phase || status.phase == Some(WorkspacePhase::Failed))
+    {
+        let warning = status.phase == Some(WorkspacePhase::Failed);
+        ctx.event(ws, warning, &r.reason, r.message.clone()).await;
+    }
+    crate::controllers::write_status(
+        &Api::<Workspace>::namespaced(ctx.client.clone(), &ns),
+        &name,
+        ws.status.as_ref(),
+        &status,
+        true,
+    )
+    .await?;
+    Ok(match status.phase {
+        // Claim binding is watched; a minute is a backstop.
+        Some(WorkspacePhase::Pending) => Action::requeue(Duration::from_secs(60)),
+        _ => Action::requeue(Duration::from_secs(600)),
+    })
+}
+
+/// Runs the Workspace controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    ctx: Arc<Context>,
+    concurrency: u16,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (dataset_reader, dataset_writer) = reflector::store();
+    let dataset_changes = reflector::reflector(
+        dataset_writer,
+        watcher(
+            Api::<Dataset>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .modify(|d| d.managed_fields_mut().clear()),
+    )
+    .touched_objects();
+    let (tenant_reader, tenant_writer) = reflector::store();
+    let tenant_changes = reflector::reflector(
+        tenant_writer,
+        watcher(
+            Api::<Tenant>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .modify(|t| t.managed_fields_mut().clear()),
+    )
+    .touched_objects();
+    let controller = Controller::new(
+        Api::<Workspace>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(
+        Config::default()
+            .concurrency(concurrency)
+            .debounce(Duration::from_millis(200)),
+    );
+    let workspaces = controller.store();
+    let in_namespaces = workspaces.clone();
+    controller
+        .owns_stream(
+            watcher(
+                Api::<PartialObjectMeta<PersistentVolumeClaim>>::all(client.clone()),
+                watcher::Config::default().labels(build::WORKSPACE_LABEL),
+            )
+            .default_backoff()
+            .touched_objects(),
+        )
+        // A dataset becoming Ready, shared or unshared changes what may be mounted.
+        .watches_stream(dataset_changes, move |ds: Dataset| {
+            let (ds_ns, ds_name) = (ds.namespace().unwrap_or_default(), ds.name_any());
+            workspaces
+                .state()
+                .iter()
+                .filter(|w| {
+                    let ns = w.namespace().unwrap_or_default();
+                    w.spec
+                        .datasets
+                        .iter()
+                        .any(|m| m.name == ds_name && m.dataset_namespace(&ns) == ds_ns)
+                })
+                .map(|w| ObjectRef::from_obj(w.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        // A tenant's allowed storage classes apply to its workspaces.
+        .watches_stream(tenant_changes, move |tenant: Tenant| {
+            let namespaces = tenant.status.map(|s| s.namespaces).unwrap_or_default();
+            in_namespaces
+                .state()
+                .iter()
+                .filter(|w| namespaces.contains(&w.namespace().unwrap_or_default()))
+                .map(|w| ObjectRef::from_obj(w.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(
+            reconcile,
+            |ws: Arc<Workspace>, err: &Error, c: Arc<WorkspaceCtx>| {
+                on_error(CONTROLLER, ws.as_ref(), err, &c.ctx)
+            },
+            Arc::new(WorkspaceCtx {
+                ctx,
+                datasets: dataset_reader,
+                tenants: tenant_reader,
+            }),
+        )
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}
