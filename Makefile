@@ -25,6 +25,6 @@ bench:
 	mkdir -p bench
 	cargo run --release -q -p aifactory-admission --bin bench-admission -- --out bench/admission.md
 
-## crds: regenerate crds/ from the Rust types
+## crds: regenerate crds/ and the chart's copy (charts/aifactory/crds/) from the Rust types
 crds:
-	cargo run --bin crdgen -- crds
+	cargo run --bin crdgen -- crds charts/aifactory/crds

@@ -1,10 +1,9 @@
-//! `crds/` must be exactly what the Rust types generate: CI fails on drift.
-//! Regenerate with `cargo run --bin crdgen`.
-use std::path::Path;
+//! `crds/` and the chart's `charts/aifactory/crds/` must be exactly what the Rust
+//! types generate: CI fails on drift. Regenerate both with `make crds`.
+use std::path::{Path, PathBuf};
 
-#[test]
-fn crds_directory_matches_the_rust_types() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+/// Runs crdgen into a fresh temporary directory.
+fn generate() -> PathBuf {
     let generated = std::env::temp_dir().join(format!("aifactory-crds-{}", std::process::id()));
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_crdgen"))
         .arg(&generated)
@@ -12,8 +11,14 @@ fn crds_directory_matches_the_rust_types() {
         .status()
         .expect("run crdgen");
     assert!(status.success());
+    generated
+}
+
+/// What differs between `dir` and the generated CRDs, file by file.
+fn drift(generated: &Path, dir: &Path) -> Vec<String> {
     let mut drift = vec![];
-    for entry in std::fs::read_dir(&generated).unwrap() {
+    let mut expected = vec![];
+    for entry in std::fs::read_dir(generated).unwrap() {
         let entry = entry.unwrap();
         let name = entry.file_name();
         let want = std::fs::read_to_string(entry.path()).unwrap();
@@ -22,12 +27,9 @@ fn crds_directory_matches_the_rust_types() {
             Ok(_) => drift.push(format!("{} differs", name.to_string_lossy())),
             Err(_) => drift.push(format!("{} is missing", name.to_string_lossy())),
         }
+        expected.push(name);
     }
-    let expected: Vec<_> = std::fs::read_dir(&generated)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    for entry in std::fs::read_dir(&dir).unwrap() {
+    for entry in std::fs::read_dir(dir).unwrap() {
         let name = entry.unwrap().file_name();
         if !expected.contains(&name) {
             drift.push(format!(
@@ -36,9 +38,20 @@ fn crds_directory_matches_the_rust_types() {
             ));
         }
     }
+    drift
+}
+
+#[test]
+fn crds_directory_and_the_charts_copy_match_the_rust_types() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let generated = generate();
+    let crds = drift(&generated, &root.join("crds"));
+    // Helm installs the chart's crds/ verbatim: a stale copy would install an old
+    // schema next to a newer operator.
+    let chart = drift(&generated, &root.join("charts/aifactory/crds"));
     std::fs::remove_dir_all(&generated).ok();
     assert!(
-        drift.is_empty(),
-        "crds/ is out of date ({drift:?}): run `cargo run --bin crdgen`"
+        crds.is_empty() && chart.is_empty(),
+        "generated CRDs out of date (crds/: {crds:?}; charts/aifactory/crds/: {chart:?}): run `make crds`"
     );
 }
