@@ -20,6 +20,17 @@
 //! - [`report`]: the measures and their math (Jain's index, percentiles,
 //!   utilisation), as markdown or JSON.
 //! - [`generate`]: synthetic factories and traces of any size.
+//!
+//! # How fast
+//! A million jobs on a 10,000-GPU factory (`simulate generate` defaults: 1,250
+//! nodes × 8 GPUs in two pools, 40 tenants), release build, on a shared 2-CPU AMD
+//! EPYC: offered load 0.7 at `--tick 60`, 48,438 passes, 53 s wall (41 s CPU),
+//! 376 MiB peak RSS; offered load 0.9 (a backlog of up to 5,600 jobs) takes 180 s at
+//! `--tick 60` and 45 s at `--tick 300`. About 90 % of the time is inside
+//! [`aifactory_admission::admit`]: each pass rebuilds every pool's node index and
+//! resolves every running job's placement by name (O(nodes + running jobs), about
+//! 1 ms here) and then considers every queued job. The tick is the simulator's
+//! lever: passes run only on ticks where something changed.
 #![deny(missing_docs)]
 
 pub mod factory;
