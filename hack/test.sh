@@ -12,7 +12,8 @@ step() { printf '\n== %s [%s]\n' "$*" "$(date +%H:%M:%S)"; }
 
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
 command -v go >/dev/null || { echo "go not found: Go >= 1.26 builds the local factory's binaries" >&2; exit 1; }
-for tool in openssl curl; do
+# lua5.1 runs the Argo CD health checks (Argo CD's gopher-lua speaks Lua 5.1).
+for tool in openssl curl lua5.1; do
   command -v "$tool" >/dev/null || { step "installing $tool"; apt-get update -qq && apt-get install -y -qq "$tool"; }
 done
 
