@@ -34,8 +34,9 @@ struct RunArgs {
     /// documents (repeat to read several files).
     #[arg(long = "factory", value_name = "FILE")]
     factory: Vec<PathBuf>,
-    /// Trace: CSV with a header (submit,tenant,pool,nodes,gpusPerNode,duration
-    /// [,priority][,pack]), or a YAML list of such rows (.yaml/.yml).
+    /// Trace: CSV with a header — submit, tenant, pool, nodes, gpusPerNode,
+    /// duration, and optionally priority and pack — or a YAML list of such rows
+    /// (.yaml/.yml).
     #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
     /// Also write the report as JSON.
