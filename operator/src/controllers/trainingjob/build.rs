@@ -140,8 +140,10 @@ pub fn job(
     let mut mounts = vec![];
     for (i, dataset) in spec.datasets.iter().enumerate() {
         let volume = format!("dataset-{i}");
-        // For now a Dataset's claim carries the Dataset's name.
-        volumes.push(json!({"name": volume, "persistentVolumeClaim": {"claimName": dataset.name, "readOnly": true}}));
+        // Own datasets by their name, shared ones by the read-only claim the
+        // Dataset controller made in this namespace.
+        let claim = dataset.claim_name(&tj.namespace().unwrap_or_default());
+        volumes.push(json!({"name": volume, "persistentVolumeClaim": {"claimName": claim, "readOnly": true}}));
         mounts.push(json!({"name": volume, "mountPath": dataset.path(), "readOnly": true}));
     }
     if let Some(checkpoint) = &spec.checkpoint {

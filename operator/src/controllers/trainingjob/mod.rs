@@ -197,6 +197,11 @@ pub async fn run(
         Api::<PriorityClass>::all(client.clone()),
         watcher::Config::default(),
     );
+    // A job waits until every dataset it mounts is its tenant's (own or granted) and Ready.
+    let (datasets, dataset_changes) = reflect(
+        Api::<aifactory_api::Dataset>::all(client.clone()),
+        watcher::Config::default(),
+    );
     // Only pool members matter to admission; their image lists do not.
     let (node_reader, node_writer) = reflector::store();
     let node_changes = reflector::reflector(
@@ -225,6 +230,7 @@ pub async fn run(
             pool_changes,
             tenant_changes,
             class_changes,
+            dataset_changes,
             node_changes,
             pod_changes,
         ])
@@ -267,6 +273,7 @@ pub async fn run(
         nodes: node_reader,
         pods,
         priority_classes: classes,
+        datasets,
     };
     let admission = pass::run(ctx.clone(), caches, changed.clone(), shutdown.clone());
     let reconciler = controller

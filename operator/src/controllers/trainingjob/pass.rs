@@ -48,6 +48,8 @@ pub struct Caches {
     pub pods: Store<Pod>,
     /// Every PriorityClass.
     pub priority_classes: Store<PriorityClass>,
+    /// Every Dataset (a job waits for the datasets it mounts).
+    pub datasets: Store<aifactory_api::Dataset>,
 }
 
 /// A TrainingJob status the last pass wrote, with the resourceVersion it replaced.
@@ -73,6 +75,7 @@ pub async fn run(
             caches.nodes.wait_until_ready(),
             caches.pods.wait_until_ready(),
             caches.priority_classes.wait_until_ready(),
+            caches.datasets.wait_until_ready(),
         );
     };
     tokio::select! {
@@ -129,6 +132,7 @@ async fn pass(ctx: &Context, caches: &Caches) -> Vec<Written> {
             nodes: &caches.nodes.state(),
             pods: &caches.pods.state(),
             priority_classes: &caches.priority_classes.state(),
+            datasets: &caches.datasets.state(),
         },
         jiff::Timestamp::now(),
     );

@@ -35,6 +35,8 @@ pub struct Caches<'a> {
     pub pods: &'a [Arc<Pod>],
     /// Every PriorityClass.
     pub priority_classes: &'a [Arc<PriorityClass>],
+    /// Every Dataset.
+    pub datasets: &'a [Arc<aifactory_api::Dataset>],
 }
 
 /// One admission pass's view of the factory.
@@ -341,6 +343,15 @@ pub fn snapshot(caches: &Caches, now: jiff::Timestamp) -> Snapshot {
             ));
             continue;
         };
+        // Every dataset the job mounts must be the tenant's own or granted to it,
+        // and Ready: never start a gang whose pods would wait on a missing claim.
+        if let Some(refusal) = tj.spec.datasets.iter().find_map(|mount| {
+            aifactory_api::dataset_access(mount, &ns, caches.datasets.iter().map(|d| d.as_ref()))
+                .err()
+        }) {
+            refused.push((job_id(tj), refusal.to_string()));
+            continue;
+        }
         if let Some(class) = &tj.spec.priority {
             if !priorities.contains_key(class) {
                 refused.push((job_id(tj), format!("priority class {class} does not exist")));
@@ -645,6 +656,7 @@ mod tests {
                 nodes: &n,
                 pods,
                 priority_classes: &[],
+                datasets: &[],
             },
             jiff::Timestamp::from_second(NOW).unwrap(),
         )
@@ -718,6 +730,21 @@ mod tests {
                 .1
                 .starts_with("namespace default belongs to no tenant")
         );
+    }
+
+    #[test]
+    fn a_job_mounting_a_dataset_its_tenant_was_not_granted_is_refused_in_words() {
+        let acme = tenant("acme", json!([{"pool": "h100", "gpus": 32}]), json!({}));
+        let mut reader = (*job("acme", "reader", 1, None)).clone();
+        reader.spec.datasets = vec![
+            serde_json::from_value(json!({"name": "scans", "namespace": "hospital"})).unwrap(),
+        ];
+        let s = snap(&[Arc::new(reader)], &[acme], &[], 2);
+        assert!(
+            s.factory.queued.is_empty(),
+            "a job without its data must not be admitted"
+        );
+        assert!(s.refused[0].1.contains("scans"), "{}", s.refused[0].1);
     }
 
     #[test]
