@@ -33,8 +33,9 @@ case ${1:-} in
       --dry-run=client -o yaml | kubectl apply --server-side -f - >/dev/null
     kubeconfig=$("$root/hack/factory-user.sh" aifactory-operator | tail -n 1)
     mkdir -p "$state/logs"
+    # 9>&-: the operator must not inherit (and so hold forever) the lock.
     KUBECONFIG=$kubeconfig nohup "$root/target/debug/aifactory" run --http-addr "$addr" \
-      --lease-namespace default --identity "operator-$$" >"$log" 2>&1 &
+      --lease-namespace default --identity "operator-$$" >"$log" 2>&1 9>&- &
     echo $! >"$pidf"
     for _ in $(seq 1 120); do
       if grep -q "controllers running" "$log"; then echo "operator running (pid $(cat "$pidf")), log $log" >&2; exit 0; fi
