@@ -469,7 +469,37 @@ async fn a_lender_reclaims_its_gpus_from_a_borrower_which_is_preempted_and_reque
         .await?;
     f.wait_phase(&borrower, "sweep", TrainingJobPhase::Running)
         .await?;
+
+    // The operator's metrics tell the same story.
+    let metrics = operator_metrics()?;
+    let pool = &f.pool;
+    for series in [
+        format!("aifactory_admissions_total{{tenant=\"{lender}\",pool=\"{pool}\"}} 1"),
+        format!("aifactory_admissions_total{{tenant=\"{borrower}\",pool=\"{pool}\"}} 2"),
+        format!("aifactory_preemptions_total{{tenant=\"{borrower}\",pool=\"{pool}\"}} 1"),
+        format!("aifactory_tenant_gpus_guaranteed{{tenant=\"{lender}\",pool=\"{pool}\"}} 16"),
+        format!("aifactory_admission_wait_seconds_count{{pool=\"{pool}\"}} 3"),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == series),
+            "{series} not in /metrics"
+        );
+    }
     Ok(())
+}
+
+/// The running operator's Prometheus metrics.
+fn operator_metrics() -> anyhow::Result<String> {
+    let addr =
+        std::env::var("AIFACTORY_OPERATOR_ADDR").unwrap_or_else(|_| "127.0.0.1:18080".into());
+    let out = std::process::Command::new("curl")
+        .args(["-sf", &format!("http://{addr}/metrics")])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "scraping the operator's metrics failed"
+    );
+    Ok(String::from_utf8(out.stdout)?)
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@ use super::snapshot::{
 use super::{build, delete_job, write_job_status};
 use crate::context::Context;
 use crate::error::Result;
+use crate::metrics::{PoolLabels, TenantPoolLabels};
 use aifactory_admission::{Admission, Eviction, Outcome, admit};
 use aifactory_api::{GpuPool, Tenant, TrainingJob};
 use k8s_openapi::api::batch::v1::Job;
@@ -165,6 +166,7 @@ async fn pass(ctx: &Context, caches: &Caches) -> Vec<Written> {
         match &decision.outcome {
             Outcome::Admit(admission) => {
                 let r = admit_job(ctx, tj, admission, &decision.pool, &now).await;
+                count_admission(ctx, tj, &decision.tenant, &decision.pool, &r);
                 record(tj, r);
             }
             Outcome::PreemptToAdmit { evict, admission } => {
@@ -175,12 +177,20 @@ async fn pass(ctx: &Context, caches: &Caches) -> Vec<Written> {
                         continue;
                     };
                     let r = preempt(ctx, victim, eviction, watts(victim), &now).await;
+                    if r.is_ok() {
+                        let labels = TenantPoolLabels {
+                            tenant: eviction.tenant.clone(),
+                            pool: decision.pool.clone(),
+                        };
+                        ctx.metrics.factory.preemptions.get_or_create(&labels).inc();
+                    }
                     evicted_all &= r.is_ok();
                     record(victim, r);
                 }
                 // Admitting while a victim still holds its GPUs would give them twice.
                 if evicted_all {
                     let r = admit_job(ctx, tj, admission, &decision.pool, &now).await;
+                    count_admission(ctx, tj, &decision.tenant, &decision.pool, &r);
                     record(tj, r);
                 }
             }
@@ -204,6 +214,7 @@ async fn pass(ctx: &Context, caches: &Caches) -> Vec<Written> {
             record(tj, r);
         }
     }
+    publish_factory_metrics(ctx, &decisions.decisions, &tenants, &snap.usage);
     for tenant in tenants
         .iter()
         .filter(|t| t.metadata.deletion_timestamp.is_none())
@@ -229,6 +240,82 @@ async fn pass(ctx: &Context, caches: &Caches) -> Vec<Written> {
         }
     }
     written
+}
+
+/// Counts an admission and how long the job waited for it.
+fn count_admission(ctx: &Context, tj: &TrainingJob, tenant: &str, pool: &str, r: &Result<bool>) {
+    if r.is_err() {
+        return;
+    }
+    let m = &ctx.metrics.factory;
+    m.admissions
+        .get_or_create(&TenantPoolLabels {
+            tenant: tenant.into(),
+            pool: pool.into(),
+        })
+        .inc();
+    let since = tj
+        .status
+        .as_ref()
+        .and_then(|s| s.queued_at.clone())
+        .or_else(|| tj.metadata.creation_timestamp.clone());
+    if let Some(since) = since {
+        let waited = jiff::Timestamp::now()
+            .duration_since(since.0)
+            .as_secs_f64()
+            .max(0.0);
+        m.admission_wait
+            .get_or_create(&PoolLabels { pool: pool.into() })
+            .observe(waited);
+    }
+}
+
+/// Queue lengths (of the engine's queue; jobs refused before it are not counted),
+/// GPUs in use and guaranteed, and this period's usage, as gauges.
+fn publish_factory_metrics(
+    ctx: &Context,
+    decisions: &[aifactory_admission::Decision],
+    tenants: &[Arc<Tenant>],
+    usage: &std::collections::BTreeMap<String, Vec<aifactory_api::PoolUsage>>,
+) {
+    let m = &ctx.metrics.factory;
+    m.queue_length.clear();
+    for d in decisions
+        .iter()
+        .filter(|d| matches!(d.outcome, Outcome::Queued { .. }))
+    {
+        m.queue_length
+            .get_or_create(&PoolLabels {
+                pool: d.pool.clone(),
+            })
+            .inc();
+    }
+    m.gpus_guaranteed.clear();
+    for t in tenants {
+        for q in &t.spec.quota {
+            let labels = TenantPoolLabels {
+                tenant: t.name_any(),
+                pool: q.pool.clone(),
+            };
+            m.gpus_guaranteed
+                .get_or_create(&labels)
+                .set(i64::from(q.gpus));
+        }
+    }
+    m.gpus_in_use.clear();
+    m.gpu_hours.clear();
+    m.energy_kwh.clear();
+    for (tenant, pools) in usage {
+        for u in pools {
+            let labels = TenantPoolLabels {
+                tenant: tenant.clone(),
+                pool: u.pool.clone(),
+            };
+            m.gpus_in_use.get_or_create(&labels).set(u.gpus_in_use);
+            m.gpu_hours.get_or_create(&labels).set(u.gpu_hours);
+            m.energy_kwh.get_or_create(&labels).set(u.energy_kwh);
+        }
+    }
 }
 
 fn api(ctx: &Context, tj: &TrainingJob) -> Api<TrainingJob> {
