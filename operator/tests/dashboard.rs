@@ -43,6 +43,17 @@ fn the_dashboard_queries_only_metrics_the_operator_exports() {
     // Families show their series only once a label set exists.
     drop(metrics.reconcile("gpupool"));
     metrics.error("gpupool", "api_409".into());
+    let f = &metrics.factory;
+    let tp = aifactory::metrics::TenantPoolLabels { tenant: "acme".into(), pool: "h100".into() };
+    let p = aifactory::metrics::PoolLabels { pool: "h100".into() };
+    f.admissions.get_or_create(&tp).inc();
+    f.preemptions.get_or_create(&tp).inc();
+    f.admission_wait.get_or_create(&p).observe(1.0);
+    f.queue_length.get_or_create(&p).set(1);
+    f.gpus_in_use.get_or_create(&tp).set(1);
+    f.gpus_guaranteed.get_or_create(&tp).set(1);
+    f.gpu_hours.get_or_create(&tp).set(1.0);
+    f.energy_kwh.get_or_create(&tp).set(1.0);
     let exported: BTreeSet<String> = metrics
         .encode()
         .lines()
