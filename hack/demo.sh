@@ -23,13 +23,13 @@ step "starting the operator (log: ${AIFACTORY_STATE:-$HOME/.cache/aifactory/fact
 hack/operator.sh start
 
 step "the platform team applies the factory: GPU pools and tenants"
-kubectl apply --server-side -f examples/00-gpu-pools.yaml -f examples/10-tenants.yaml
+kubectl apply --server-side -f examples/00-gpu-pools.yaml -f examples/05-priority-classes.yaml -f examples/10-tenants.yaml
 kubectl wait --for condition=Ready tenant --all --timeout=120s >/dev/null
 kubectl wait --for condition=Ready gpupool --all --timeout=120s >/dev/null
 
-step "tenant acme applies its work: a workspace, datasets, training jobs"
+step "tenants apply their work: acme a workspace, datasets and jobs; uni-lab a job on acme's shared data"
 kubectl apply --server-side -f examples/20-acme-workspace.yaml -f examples/30-acme-datasets.yaml \
-  -f examples/40-acme-training-jobs.yaml
+  -f examples/40-acme-training-jobs.yaml -f examples/50-uni-lab-training-job.yaml
 
 step "GPU pools: members labelled (and tainted when dedicated), capacity and power"
 kubectl get gpupools
@@ -44,5 +44,19 @@ kubectl get nodes -L nvidia.com/gpu.product,topology.aifactory.dev/block,topolog
 
 step "everything aifactory (kubectl get aifactory -A)"
 kubectl get aifactory -A
+
+step "the queue as a tenant sees it: jobs wait for their datasets' import, then for GPUs"
+cargo build -q -p kubectl-factory
+factory() { target/debug/kubectl-factory "$@"; }
+factory queue || true
+kubectl wait --for=jsonpath='{.status.phase}'=Running trainingjob/policy-pretrain -n acme --timeout=180s >/dev/null \
+  || echo "(policy-pretrain not running yet; kubectl factory why policy-pretrain -n acme tells why)"
+step "kubectl factory why policy-pretrain -n acme"
+factory why policy-pretrain -n acme || true
+step "kubectl factory pools"
+factory pools || true
+sleep 5
+step "kubectl factory usage"
+factory usage || true
 
 printf '\nThe factory keeps running: export KUBECONFIG=%s\nStop it with: make factory-down\n' "$KUBECONFIG"

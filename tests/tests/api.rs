@@ -16,13 +16,17 @@ fn resource(kind: &str) -> ApiResource {
         "Dataset" => ApiResource::erase::<Dataset>(&()),
         "Workspace" => ApiResource::erase::<Workspace>(&()),
         "TrainingJob" => ApiResource::erase::<TrainingJob>(&()),
+        // examples/ also holds the PriorityClasses tenants use.
+        "PriorityClass" => {
+            ApiResource::erase::<k8s_openapi::api::scheduling::v1::PriorityClass>(&())
+        }
         other => panic!("not an aifactory kind: {other}"),
     }
 }
 
 fn api_for(client: &Client, kind: &str, namespace: &str) -> Api<DynamicObject> {
     let ar = resource(kind);
-    if matches!(kind, "GpuPool" | "Tenant") {
+    if matches!(kind, "GpuPool" | "Tenant" | "PriorityClass") {
         Api::all_with(client.clone(), &ar)
     } else {
         Api::namespaced_with(client.clone(), namespace, &ar)
