@@ -44,8 +44,13 @@ fn the_dashboard_queries_only_metrics_the_operator_exports() {
     drop(metrics.reconcile("gpupool"));
     metrics.error("gpupool", "api_409".into());
     let f = &metrics.factory;
-    let tp = aifactory::metrics::TenantPoolLabels { tenant: "acme".into(), pool: "h100".into() };
-    let p = aifactory::metrics::PoolLabels { pool: "h100".into() };
+    let tp = aifactory::metrics::TenantPoolLabels {
+        tenant: "acme".into(),
+        pool: "h100".into(),
+    };
+    let p = aifactory::metrics::PoolLabels {
+        pool: "h100".into(),
+    };
     f.admissions.get_or_create(&tp).inc();
     f.preemptions.get_or_create(&tp).inc();
     f.admission_wait.get_or_create(&p).observe(1.0);
