@@ -670,3 +670,80 @@ async fn jobs_that_cannot_start_wait_with_a_reason_a_tenant_understands() -> any
     assert_eq!(status.budget_remaining_gpu_hours, Some(0.0));
     Ok(())
 }
+
+#[tokio::test]
+async fn the_power_cap_a_pool_outside_quota_and_residency_each_keep_a_job_queued_in_words()
+-> anyhow::Result<()> {
+    let mut f = Factory::new("tj-limits", 1).await?;
+    // One node of 8 GPUs at 700 W would draw 5.6 kW; the site allows 5.
+    Api::<GpuPool>::all(f.client.clone())
+        .patch(
+            &f.pool,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"powerCapKilowatts": 5.0}})),
+        )
+        .await?;
+    let capped = f.tenant("capped", json!({"gpus": 8})).await?;
+    // A tenant whose quota names only another pool.
+    let elsewhere = unique_name("elsewhere");
+    let t: Tenant = serde_json::from_value(json!({
+        "apiVersion": "aifactory.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": elsewhere},
+        "spec": {"owners": [{"kind": "User", "name": "o"}], "quota": [{"pool": "some-other-pool", "gpus": 8}]}
+    }))?;
+    Api::<Tenant>::all(f.client.clone())
+        .create(&PostParams::default(), &t)
+        .await?;
+    f.cleanup.0.push(("tenant", elsewhere.clone()));
+    // A hospital whose data must stay in us-east; the pool is in eu-west.
+    let clinic = f
+        .tenant_with(
+            "clinic",
+            json!({"gpus": 8}),
+            json!({"residency": {"regions": ["us-east"]}}),
+        )
+        .await?;
+    wait_for("the other tenants' namespaces", WAIT, || async {
+        Ok(
+            Api::<k8s_openapi::api::core::v1::Namespace>::all(f.client.clone())
+                .get_opt(&elsewhere)
+                .await?
+                .map(|_| ()),
+        )
+    })
+    .await?;
+
+    f.submit(&capped, "hot", 1, 8, json!({}), json!({})).await?;
+    f.submit(&elsewhere, "lost", 1, 8, json!({}), json!({}))
+        .await?;
+    f.submit(&clinic, "abroad", 1, 8, json!({}), json!({}))
+        .await?;
+    let pool = f.pool.clone();
+    for (ns, job, words) in [
+        (
+            capped.as_str(),
+            "hot",
+            format!("power cap: pool {pool} would draw 5.6 kW of 5 kW"),
+        ),
+        (
+            elsewhere.as_str(),
+            "lost",
+            format!("has no quota in pool {pool}"),
+        ),
+        (clinic.as_str(), "abroad", "residency".to_string()),
+    ] {
+        f.wait_job(ns, job, &format!("queued: {words}"), |tj| {
+            tj.status.as_ref().is_some_and(|s| {
+                s.phase == Some(TrainingJobPhase::Queued)
+                    && s.pending_reason
+                        .as_deref()
+                        .is_some_and(|r| r.contains(&words))
+            })
+        })
+        .await?;
+        assert!(
+            f.batch_job(ns, job).await?.is_none(),
+            "{job} must not start"
+        );
+    }
+    Ok(())
+}
