@@ -13,7 +13,13 @@ pidf=$state/operator.pid
 log=$state/logs/operator.log
 addr=${AIFACTORY_OPERATOR_ADDR:-127.0.0.1:18080}
 
-running() { [ -f "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null; }
+# A killed operator may linger a moment as a zombie: that is not running.
+running() {
+  [ -f "$pidf" ] || return 1
+  local state
+  state=$(ps -o stat= -p "$(cat "$pidf")" 2>/dev/null) || return 1
+  [[ $state != Z* ]]
+}
 
 # Several test runs may start or stop the operator at once: one at a time, so two
 # starts never leave an operator the pid file does not know.

@@ -27,6 +27,28 @@ impl Drop for Cleanup {
     }
 }
 
+/// SIGKILLs the operator the pid file names and waits until it is gone.
+fn kill_operator() -> anyhow::Result<()> {
+    let pid = std::fs::read_to_string(state_dir().join("operator.pid"))?
+        .trim()
+        .to_string();
+    Command::new("kill").args(["-KILL", &pid]).status()?;
+    for _ in 0..100 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Gone, or a zombie waiting to be reaped: either way it no longer acts.
+        if stat.is_empty()
+            || stat
+                .split(") ")
+                .nth(1)
+                .is_some_and(|rest| rest.starts_with('Z'))
+        {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    anyhow::bail!("operator {pid} survived SIGKILL")
+}
+
 fn operator_sh(action: &str) -> anyhow::Result<()> {
     let out = Command::new(repo_root().join("hack/operator.sh"))
         .arg(action)
@@ -84,8 +106,7 @@ async fn an_operator_killed_mid_reconcile_and_restarted_converges_without_duplic
         .create(&PostParams::default(), &t)
         .await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let pid = std::fs::read_to_string(state_dir().join("operator.pid"))?;
-    Command::new("kill").args(["-KILL", pid.trim()]).status()?;
+    kill_operator()?;
     // While it is down, a job is submitted into the first namespace once it exists.
     let jobs = Api::<TrainingJob>::namespaced(client.clone(), &namespaces[0]);
     let ns_api = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone());
@@ -113,8 +134,7 @@ async fn an_operator_killed_mid_reconcile_and_restarted_converges_without_duplic
     })
     .await?;
     // Kill it again while the job runs, and start it once more.
-    let pid = std::fs::read_to_string(state_dir().join("operator.pid"))?;
-    Command::new("kill").args(["-KILL", pid.trim()]).status()?;
+    kill_operator()?;
     operator_sh("start")?;
 
     let tenants = Api::<Tenant>::all(client.clone());
