@@ -353,3 +353,22 @@ impl Drop for FakeNodes {
         ]);
     }
 }
+
+/// Objects a test created, deleted (without waiting) when the test ends, newest
+/// first, even when it panics: `(kind, name)` as kubectl names them.
+pub struct Cleanup(pub Vec<(&'static str, String)>);
+
+impl Cleanup {
+    /// A guard for one object.
+    pub fn one(kind: &'static str, name: impl Into<String>) -> Self {
+        Self(vec![(kind, name.into())])
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for (kind, name) in self.0.iter().rev() {
+            let _ = kubectl(&["delete", kind, name, "--wait=false", "--ignore-not-found"]);
+        }
+    }
+}

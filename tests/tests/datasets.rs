@@ -341,19 +341,7 @@ async fn a_grant_that_would_move_data_out_of_its_region_is_refused() -> anyhow::
     }))?;
     let pools = Api::<GpuPool>::all(client.clone());
     pools.create(&PostParams::default(), &pool).await?;
-    struct PoolGuard(String);
-    impl Drop for PoolGuard {
-        fn drop(&mut self) {
-            let _ = kubectl(&[
-                "delete",
-                "gpupool",
-                &self.0,
-                "--wait=false",
-                "--ignore-not-found",
-            ]);
-        }
-    }
-    let _pool = PoolGuard(pool_name.clone());
+    let _pool = Cleanup::one("gpupool", pool_name.clone());
     let roaming = tenant(
         &client,
         "ds-roaming",

@@ -13,15 +13,6 @@ use std::time::Duration;
 const OPERATOR_USER: &str = "aifactory-operator";
 const WRITES: [&str; 5] = ["create", "update", "patch", "delete", "deletecollection"];
 
-struct Cleanup(Vec<(String, String)>);
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for (kind, name) in &self.0 {
-            let _ = kubectl(&["delete", kind, name, "--wait=false", "--ignore-not-found"]);
-        }
-    }
-}
-
 /// The operator's write requests in the audit log after byte `offset`.
 fn operator_writes(offset: u64) -> anyhow::Result<Vec<String>> {
     let mut file = std::fs::File::open(state_dir().join("audit.log"))?;
@@ -67,7 +58,7 @@ async fn an_idle_operator_writes_nothing_for_a_minute() -> anyhow::Result<()> {
                      "dedicated": true, "location": {"region": "eu-west"}}}),
         )?;
         pools.create(&PostParams::default(), &pool).await?;
-        cleanup.0.push(("gpupool".into(), name));
+        cleanup.0.push(("gpupool", name));
     }
     let tenants = Api::<Tenant>::all(client.clone());
     for i in 0..3 {
@@ -78,7 +69,7 @@ async fn an_idle_operator_writes_nothing_for_a_minute() -> anyhow::Result<()> {
                      "quota": [{"pool": cleanup.0[0].1, "gpus": 8}]}}),
         )?;
         tenants.create(&PostParams::default(), &tenant).await?;
-        cleanup.0.push(("tenant".into(), name));
+        cleanup.0.push(("tenant", name));
     }
     let ours: Vec<String> = cleanup.0.iter().map(|(_, n)| n.clone()).collect();
     wait_for(

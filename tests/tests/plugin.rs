@@ -64,16 +64,6 @@ fn factory_as(kubeconfig: &std::path::Path, args: &[&str]) -> Result<String> {
     Ok(stdout)
 }
 
-/// Deletes the test's tenant (its namespace and jobs go with it) and pool.
-struct Cleanup(Vec<(&'static str, String)>);
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for (kind, name) in self.0.iter().rev() {
-            let _ = kubectl(&["delete", kind, name, "--wait=false", "--ignore-not-found"]);
-        }
-    }
-}
-
 async fn submit(client: &Client, ns: &str, name: &str, pool: &str, gpus: i32) -> Result<()> {
     let tj: TrainingJob = serde_json::from_value(json!({
         "apiVersion": "aifactory.dev/v1alpha1", "kind": "TrainingJob",

@@ -21,25 +21,11 @@ fn pool(name: &str, group: &str, model: &str, dedicated: bool) -> GpuPool {
     .unwrap()
 }
 
-/// Deletes the pool when the test ends, so a failing test leaves no labels behind.
-struct PoolGuard(String);
-impl Drop for PoolGuard {
-    fn drop(&mut self) {
-        let _ = kubectl(&[
-            "delete",
-            "gpupool",
-            &self.0,
-            "--wait=false",
-            "--ignore-not-found",
-        ]);
-    }
-}
-
-async fn create_pool(client: &Client, p: &GpuPool) -> anyhow::Result<PoolGuard> {
+async fn create_pool(client: &Client, p: &GpuPool) -> anyhow::Result<Cleanup> {
     Api::<GpuPool>::all(client.clone())
         .create(&PostParams::default(), p)
         .await?;
-    Ok(PoolGuard(p.name_any()))
+    Ok(Cleanup::one("gpupool", p.name_any()))
 }
 
 fn pool_of(node: &Node) -> Option<String> {

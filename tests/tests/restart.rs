@@ -18,15 +18,6 @@ use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(120);
 
-struct Cleanup(Vec<(&'static str, String)>);
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for (kind, name) in &self.0 {
-            let _ = kubectl(&["delete", kind, name, "--wait=false", "--ignore-not-found"]);
-        }
-    }
-}
-
 /// SIGKILLs the operator the pid file names and waits until it is gone.
 fn kill_operator() -> anyhow::Result<()> {
     let pid = std::fs::read_to_string(state_dir().join("operator.pid"))?

@@ -16,28 +16,14 @@ use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// Deletes the tenant (and so, by default, its namespaces) when the test ends.
-struct TenantGuard(String);
-impl Drop for TenantGuard {
-    fn drop(&mut self) {
-        let _ = kubectl(&[
-            "delete",
-            "tenant",
-            &self.0,
-            "--wait=false",
-            "--ignore-not-found",
-        ]);
-    }
-}
-
-async fn create_tenant(client: &Client, name: &str, spec: Value) -> anyhow::Result<TenantGuard> {
+async fn create_tenant(client: &Client, name: &str, spec: Value) -> anyhow::Result<Cleanup> {
     let t: Tenant = serde_json::from_value(
         json!({"apiVersion": "aifactory.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": name}, "spec": spec}),
     )?;
     Api::<Tenant>::all(client.clone())
         .create(&PostParams::default(), &t)
         .await?;
-    Ok(TenantGuard(name.to_string()))
+    Ok(Cleanup::one("tenant", name))
 }
 
 async fn wait_ready(client: &Client, name: &str, namespaces: &[&str]) -> anyhow::Result<Tenant> {
@@ -250,22 +236,8 @@ async fn deleting_a_tenant_deletes_its_namespaces_unless_it_retains_them() -> an
         !retained.labels().contains_key(TENANT_LABEL),
         "a retained namespace is released"
     );
-    let _cleanup = TestNamespaceName(kept.clone());
+    let _cleanup = Cleanup::one("namespace", kept.clone());
     Ok(())
-}
-
-/// Deletes a namespace created outside `TestNamespace` when the test ends.
-struct TestNamespaceName(String);
-impl Drop for TestNamespaceName {
-    fn drop(&mut self) {
-        let _ = kubectl(&[
-            "delete",
-            "namespace",
-            &self.0,
-            "--wait=false",
-            "--ignore-not-found",
-        ]);
-    }
 }
 
 #[tokio::test]

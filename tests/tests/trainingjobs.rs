@@ -17,17 +17,6 @@ use std::time::Duration;
 const WAIT: Duration = Duration::from_secs(90);
 const JOB_LABEL: &str = "aifactory.dev/trainingjob";
 
-/// Deletes cluster-scoped objects (tenants, pools) when the test ends; a tenant
-/// takes its namespaces, and so its jobs, with it.
-struct Cleanup(Vec<(&'static str, String)>);
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for (kind, name) in self.0.iter().rev() {
-            let _ = kubectl(&["delete", kind, name, "--wait=false", "--ignore-not-found"]);
-        }
-    }
-}
-
 /// A test's own piece of the factory: `nodes` 8-GPU H100 nodes in a dedicated pool.
 struct Factory {
     client: Client,

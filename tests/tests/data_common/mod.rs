@@ -15,26 +15,12 @@ use std::time::Duration;
 /// How long a test waits for the operator and the controller-manager.
 pub const WAIT: Duration = Duration::from_secs(90);
 
-/// Deletes the tenant (and so its namespaces) when the test ends.
-pub struct TenantGuard(pub String);
-impl Drop for TenantGuard {
-    fn drop(&mut self) {
-        let _ = kubectl(&[
-            "delete",
-            "tenant",
-            &self.0,
-            "--wait=false",
-            "--ignore-not-found",
-        ]);
-    }
-}
-
 /// A tenant of the test: its name is also its only namespace, its owner is the
 /// user `<name>-owner`.
 pub struct TestTenant {
     /// Name and namespace.
     pub name: String,
-    _guard: TenantGuard,
+    _guard: Cleanup,
 }
 
 impl TestTenant {
@@ -86,7 +72,7 @@ pub async fn tenant(client: &Client, prefix: &str, spec: Value) -> anyhow::Resul
     }))?;
     let api = Api::<Tenant>::all(client.clone());
     api.create(&PostParams::default(), &t).await?;
-    let guard = TenantGuard(name.clone());
+    let guard = Cleanup::one("tenant", name.clone());
     wait_for(&format!("tenant {name} Ready"), WAIT, || {
         let api = api.clone();
         let name = name.clone();
