@@ -297,6 +297,36 @@ fn set(
     set_condition(&mut status.conditions, c);
 }
 
+/// The Failed condition (with the reason and message) and Ready false: a job that
+/// ended badly.
+fn set_failed(
+    status: &mut TrainingJobStatus,
+    reason: &str,
+    message: &str,
+    ready_message: &str,
+    generation: Option<i64>,
+    now: &Time,
+) {
+    set(
+        status,
+        CONDITION_FAILED,
+        true,
+        reason,
+        message,
+        generation,
+        now,
+    );
+    set(
+        status,
+        CONDITION_READY,
+        false,
+        reason,
+        ready_message,
+        generation,
+        now,
+    );
+}
+
 /// The state of the current run, as its Job reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Run {
@@ -507,20 +537,10 @@ pub fn plan(tj: &TrainingJob, obs: &Observed) -> Plan {
                 st.finished_at = Some(now.clone());
                 let message =
                     format!("the run took longer than maxRuntime ({limit}) and was stopped");
-                set(
+                set_failed(
                     &mut st,
-                    CONDITION_FAILED,
-                    true,
                     "DeadlineExceeded",
-                    message.clone(),
-                    generation,
-                    now,
-                );
-                set(
-                    &mut st,
-                    CONDITION_READY,
-                    false,
-                    "DeadlineExceeded",
+                    &message,
                     "stopped",
                     generation,
                     now,
@@ -673,24 +693,7 @@ pub fn plan(tj: &TrainingJob, obs: &Observed) -> Plan {
                                 run + 1,
                                 spec.max_restarts
                             );
-                            set(
-                                &mut st,
-                                CONDITION_FAILED,
-                                true,
-                                "RunFailed",
-                                message.clone(),
-                                generation,
-                                now,
-                            );
-                            set(
-                                &mut st,
-                                CONDITION_READY,
-                                false,
-                                "RunFailed",
-                                "failed",
-                                generation,
-                                now,
-                            );
+                            set_failed(&mut st, "RunFailed", &message, "failed", generation, now);
                             note(true, "Failed", message);
                         }
                     }
