@@ -383,6 +383,15 @@ fn invalid_cases() -> Vec<Invalid> {
         ),
         i(
             "Workspace",
+            with(
+                workspace(),
+                "interactive",
+                json!({"image": "jupyter", "pool": "h100", "gpus": 0}),
+            ),
+            &["spec.interactive.gpus", "greater than or equal to 1"],
+        ),
+        i(
+            "Workspace",
             with(workspace(), "storage.scratch", json!("-1Ti")),
             &["spec.storage.scratch", "greater than zero"],
         ),

@@ -1,11 +1,13 @@
 //! The Workspace controller on the local factory: home and scratch claims bound,
-//! datasets checked like a job's, a session reported as waiting for admission.
+//! datasets checked like a job's, interactive sessions admitted against the
+//! tenant's quota by the admission pass and stopped at maxLifetime.
 mod data_common;
 
-use aifactory_api::{Workspace, WorkspacePhase};
+use aifactory_api::{GpuPool, Tenant, Workspace, WorkspacePhase};
 use aifactory_tests::*;
 use data_common::*;
-use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -130,12 +132,23 @@ async fn a_workspace_mounts_its_own_ready_dataset_and_its_session_waits_for_admi
                "interactive": {"image": "jupyter/pytorch-notebook:2026.10", "pool": "h100-lux", "gpus": 1}}),
     )
     .await?;
-    let ws = wait_phase(&client, &acme.name, "bob", WorkspacePhase::Queued).await?;
+    // The session names a pool that does not exist: it waits, saying so.
+    let api = Api::<Workspace>::namespaced(client.clone(), &acme.name);
+    let ws = wait_for("bob's session waiting on its pool", WAIT, || {
+        let api = api.clone();
+        async move {
+            let w = api.get("bob").await?;
+            Ok(w.status
+                .as_ref()
+                .is_some_and(|s| {
+                    s.phase == Some(WorkspacePhase::Queued)
+                        && s.pending_reason.as_deref() == Some("unknown pool h100-lux")
+                })
+                .then_some(w))
+        }
+    })
+    .await?;
     let status = ws.status.unwrap();
-    assert_eq!(
-        status.pending_reason.as_deref(),
-        Some("interactive sessions are not yet admitted by this operator version")
-    );
     assert_eq!(status.volumes, ["workspace-bob-home"]);
     assert!(
         status
@@ -162,5 +175,172 @@ async fn a_workspace_mounts_its_own_ready_dataset_and_its_session_waits_for_admi
         .find(|c| c.type_ == "Ready")
         .unwrap();
     assert_eq!(ready.reason, "DatasetNotFound");
+    Ok(())
+}
+
+/// Status of workspace `name` once `check` holds.
+async fn wait_workspace(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    what: &str,
+    check: impl Fn(&aifactory_api::WorkspaceStatus) -> bool,
+) -> anyhow::Result<aifactory_api::WorkspaceStatus> {
+    let api = Api::<Workspace>::namespaced(client.clone(), ns);
+    wait_for(&format!("workspace {ns}/{name}: {what}"), WAIT, || {
+        let api = api.clone();
+        let check = &check;
+        async move {
+            let w = api.get(name).await?;
+            Ok(w.status.filter(check))
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_session_is_admitted_against_the_quota_and_stopped_at_max_lifetime() -> anyhow::Result<()>
+{
+    let client = setup().await?;
+    // One 8-GPU node in a pool of its own; the tenant is guaranteed 4 GPUs and may
+    // not borrow.
+    let group = unique_name("ws-gpu");
+    let nodes = FakeNodes::create(&client, &group, 1, "H100-80GB", 8).await?;
+    let pool = format!("{group}-pool");
+    let gp: GpuPool = serde_json::from_value(json!({
+        "apiVersion": "aifactory.dev/v1alpha1", "kind": "GpuPool", "metadata": {"name": pool},
+        "spec": {"nodeSelector": {"matchLabels": {TEST_GROUP: group}},
+                 "gpu": {"model": "H100-80GB", "perNode": 8, "powerWatts": 700},
+                 "dedicated": true, "location": {"region": "eu-west"}}
+    }))?;
+    let pools = Api::<GpuPool>::all(client.clone());
+    pools.create(&PostParams::default(), &gp).await?;
+    let _pool = Cleanup::one("gpupool", pool.clone());
+    wait_for(&format!("pool {pool} ready"), WAIT, || {
+        let pools = pools.clone();
+        let pool = pool.clone();
+        async move {
+            Ok(pools
+                .get(&pool)
+                .await?
+                .status
+                .is_some_and(|s| s.ready_nodes == 1 && s.gpus.allocatable == 8)
+                .then_some(()))
+        }
+    })
+    .await?;
+    let acme = tenant(
+        &client,
+        "ws-quota",
+        json!({"quota": [{"pool": pool, "gpus": 4, "borrowingLimit": 0}]}),
+    )
+    .await?;
+    let ns = acme.name.clone();
+    let session = |gpus: i32, lifetime: &str| {
+        json!({"storage": {"home": "1Gi"},
+               "interactive": {"image": "jupyter/pytorch-notebook:2026.10", "pool": pool,
+                               "gpus": gpus, "maxLifetime": lifetime, "port": 8888}})
+    };
+
+    // Alice's 4-GPU session fits the guarantee: admitted, pinned to the node,
+    // reachable through its Service, counted in the tenant's usage.
+    create_workspace(&client, &ns, "alice", session(4, "40s")).await?;
+    let alice = wait_workspace(&client, &ns, "alice", "session running and ready", |s| {
+        s.phase == Some(WorkspacePhase::Running)
+            && s.conditions
+                .iter()
+                .any(|c| c.type_ == "Session" && c.status == "True")
+    })
+    .await?;
+    assert_eq!(alice.session_node.as_deref(), Some(nodes.names[0].as_str()));
+    assert_eq!(
+        alice.endpoint.as_deref(),
+        Some(format!("alice-session.{ns}.svc:8888").as_str())
+    );
+    let sets = Api::<StatefulSet>::namespaced(client.clone(), &ns);
+    let sts = sets.get("alice-session").await?;
+    let template = sts.spec.unwrap().template.spec.unwrap();
+    assert_eq!(
+        template.containers[0]
+            .resources
+            .as_ref()
+            .unwrap()
+            .limits
+            .as_ref()
+            .unwrap()["nvidia.com/gpu"]
+            .0,
+        "4"
+    );
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    let pod = pods.get("alice-session-0").await?;
+    assert_eq!(
+        pod.spec.unwrap().node_name.as_deref(),
+        Some(nodes.names[0].as_str()),
+        "the pod runs on the node admission chose"
+    );
+    let svc = Api::<Service>::namespaced(client.clone(), &ns)
+        .get("alice-session")
+        .await?;
+    assert_eq!(svc.spec.unwrap().ports.unwrap()[0].port, 8888);
+    let tenants = Api::<Tenant>::all(client.clone());
+    wait_for("alice's GPUs in the tenant's usage", WAIT, || {
+        let tenants = tenants.clone();
+        let ns = ns.clone();
+        async move {
+            Ok(tenants
+                .get(&ns)
+                .await?
+                .status
+                .is_some_and(|s| s.gpus_in_use == 4)
+                .then_some(()))
+        }
+    })
+    .await?;
+
+    // Bob's 2 GPUs would take the tenant past its quota while the node has room:
+    // he waits, told why.
+    create_workspace(&client, &ns, "bob", session(2, "1h")).await?;
+    let bob = wait_workspace(&client, &ns, "bob", "queued on the quota", |s| {
+        s.phase == Some(WorkspacePhase::Queued)
+            && s.pending_reason
+                .as_deref()
+                .is_some_and(|r| r.contains("quota"))
+    })
+    .await?;
+    assert_eq!(bob.session_node, None);
+    assert!(
+        sets.get_opt("bob-session").await?.is_none(),
+        "a waiting session has no StatefulSet"
+    );
+
+    // At maxLifetime alice's session is stopped: Expired, its StatefulSet gone,
+    // and her GPUs go to bob.
+    let expired = wait_workspace(&client, &ns, "alice", "expired", |s| {
+        s.phase == Some(WorkspacePhase::Expired)
+    })
+    .await?;
+    assert_eq!((expired.session_node, expired.endpoint), (None, None));
+    assert!(
+        expired
+            .pending_reason
+            .is_some_and(|r| r.contains("maxLifetime of 40s")),
+    );
+    wait_gone(&sets, "alice-session", "alice's StatefulSet").await?;
+    let bob = wait_workspace(&client, &ns, "bob", "admitted after alice", |s| {
+        s.phase == Some(WorkspacePhase::Running)
+    })
+    .await?;
+    assert_eq!(bob.session_node.as_deref(), Some(nodes.names[0].as_str()));
+    let reasons: Vec<String> = events_on(&client, &ns, "Workspace", "alice")
+        .await?
+        .into_iter()
+        .map(|(_, reason, _)| reason)
+        .collect();
+    for want in ["Admitted", "SessionExpired"] {
+        assert!(reasons.iter().any(|r| r == want), "{want} in {reasons:?}");
+    }
+    // An expired session stays stopped: nothing runs for alice.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert!(sets.get_opt("alice-session").await?.is_none());
     Ok(())
 }

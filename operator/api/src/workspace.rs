@@ -74,9 +74,10 @@ pub struct Interactive {
     /// GpuPool the session runs in.
     #[schemars(length(min = 1, max = 63))]
     pub pool: String,
-    /// GPUs of the session (0 for a CPU-only session).
-    #[serde(default)]
-    #[schemars(range(min = 0, max = 16))]
+    /// GPUs of the session, on one node of the pool (at least 1: a session is
+    /// admitted like a one-pod training job and counts against the quota).
+    #[serde(default = "default_gpus")]
+    #[schemars(range(min = 1, max = 16))]
     pub gpus: i32,
     /// How long the session may live once started, e.g. `8h`.
     #[serde(default = "default_max_lifetime")]
@@ -91,6 +92,10 @@ pub struct Interactive {
 
 fn default_max_lifetime() -> String {
     "8h".to_string()
+}
+
+fn default_gpus() -> i32 {
+    1
 }
 
 fn default_port() -> i32 {
@@ -109,7 +114,8 @@ pub enum WorkspacePhase {
     Queued,
     /// The session runs.
     Running,
-    /// The session reached maxLifetime and was stopped.
+    /// The session reached maxLifetime and was stopped; edit the workspace (e.g. a
+    /// longer maxLifetime) to queue a new one.
     Expired,
     /// Something is wrong; see the Ready condition.
     Failed,
@@ -131,13 +137,19 @@ pub struct WorkspaceStatus {
     /// Where the interactive session is reached (`<service>.<namespace>.svc:<port>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
-    /// When the session started.
+    /// When the session was admitted; it is stopped `maxLifetime` later.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_started_at: Option<Time>,
-    /// Why the session is not running yet.
+    /// The node admission gave the session (its GPUs are held there while it runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_node: Option<String>,
+    /// Place of the waiting session in its pool's queue (1 = next).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<i32>,
+    /// Why the session is not running (yet, or any more).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_reason: Option<String>,
-    /// `Ready`.
+    /// `Ready` (volumes and datasets) and `Session` (the interactive session).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["type".into()]))]
     pub conditions: Conditions,

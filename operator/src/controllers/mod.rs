@@ -63,6 +63,38 @@ where
     Ok(true)
 }
 
+/// Writes `status` as the whole status of `obj`, unless it already is, on
+/// condition that `obj` is still the latest version (409 Conflict otherwise): for
+/// a status two writers share (the admission pass and the object's controller),
+/// so the loser of a race retries on the fresh object. Returns whether it wrote.
+pub async fn write_status_of<K, S>(
+    api: &kube::Api<K>,
+    obj: &K,
+    current: Option<&S>,
+    status: &S,
+) -> crate::error::Result<bool>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    S: serde::Serialize + PartialEq,
+{
+    if current == Some(status) {
+        return Ok(false);
+    }
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": {"name": obj.meta().name, "resourceVersion": obj.meta().resource_version},
+        "status": status,
+    });
+    api.patch_status(
+        obj.meta().name.as_deref().unwrap_or_default(),
+        &kube::api::PatchParams::apply(crate::MANAGER).force(),
+        &kube::api::Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(true)
+}
+
 /// Whether the live status already says all `desired` says. Conditions are matched
 /// by type (other controllers may own other conditions); every other field as in
 /// [`crate::apply::contains`].

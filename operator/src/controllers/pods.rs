@@ -1,10 +1,52 @@
 //! A shared cache of the pods that hold node resources: bound to a node and not
-//! finished. GpuPool status counts their GPUs; admission will read them too.
+//! finished. GpuPool status counts their GPUs; admission reads them too. And the
+//! pod shape every admitted workload shares: pinned to the nodes admission chose,
+//! restricted security.
+use aifactory_api::{POOL_LABEL, POOL_TAINT};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+
+/// The container security context Pod Security `restricted` demands of tenant pods.
+pub fn restricted_container() -> Value {
+    json!({
+        "runAsNonRoot": true,
+        "allowPrivilegeEscalation": false,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    })
+}
+
+/// The pod security context Pod Security `restricted` demands of tenant pods.
+pub fn restricted_pod() -> Value {
+    json!({"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}})
+}
+
+/// Pod spec fields that pin a pod to `nodes` of `pool`: the pool's label, its
+/// taint tolerated, and a node affinity naming exactly the nodes admission chose
+/// (the GPUs it counted are there). A node field selector takes one name and terms
+/// are ORed, so one term per node.
+pub fn pinned(pool: &str, nodes: &[String]) -> serde_json::Map<String, Value> {
+    let terms: Vec<Value> = nodes
+        .iter()
+        .map(
+            |n| json!({"matchFields": [{"key": "metadata.name", "operator": "In", "values": [n]}]}),
+        )
+        .collect();
+    let Value::Object(fields) = json!({
+        "nodeSelector": {POOL_LABEL: pool},
+        "tolerations": [{"key": POOL_TAINT, "operator": "Equal", "value": pool, "effect": "NoSchedule"}],
+        "affinity": {
+            "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}},
+        },
+    }) else {
+        unreachable!("a JSON object literal")
+    };
+    fields
+}
 
 /// GPUs of `resource` a pod holds: the sum over its containers of the request (or
 /// the limit, which is the request for extended resources).

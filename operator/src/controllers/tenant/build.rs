@@ -115,6 +115,10 @@ fn member_rules() -> Vec<PolicyRule> {
             &RO,
         ),
         rule(&["batch"], &["jobs"], &RO),
+        // Interactive sessions run as StatefulSets; members reach theirs with
+        // `kubectl port-forward`.
+        rule(&["apps"], &["statefulsets"], &RO),
+        rule(&[""], &["pods/portforward"], &["create"]),
         rule(&["events.k8s.io"], &["events"], &RO),
     ]
 }

@@ -2,9 +2,10 @@
 //! admitted run, the next status from what the run's Job reports, GPU-hour
 //! accounting and deadlines. No client, no clock: the time is passed in.
 use crate::conditions::condition;
+use crate::controllers::pods;
 use aifactory_api::{
-    CONDITION_READY, GpuPool, POOL_LABEL, POOL_TAINT, Placement, TrainingJob, TrainingJobPhase,
-    TrainingJobSpec, TrainingJobStatus,
+    CONDITION_READY, GpuPool, Placement, TrainingJob, TrainingJobPhase, TrainingJobSpec,
+    TrainingJobStatus,
 };
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Service;
@@ -169,12 +170,7 @@ pub fn job(
         "resources": {"requests": requests, "limits": {gpu.as_str(): gpus}},
         "volumeMounts": mounts,
         // Tenant namespaces enforce Pod Security `restricted`.
-        "securityContext": {
-            "runAsNonRoot": true,
-            "allowPrivilegeEscalation": false,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pods::restricted_container(),
     });
     if !spec.command.is_empty() {
         container["command"] = json!(spec.command);
@@ -188,32 +184,23 @@ pub fn job(
         .filter(|(k, _)| k.starts_with(SIMULATE_PREFIX))
         .map(|(k, v)| (k.clone(), json!(v)))
         .collect();
-    // A node field selector takes one name; terms are ORed, so one term per node.
-    let node_terms: Vec<Value> = placement
-        .nodes
-        .iter()
-        .map(
-            |n| json!({"matchFields": [{"key": "metadata.name", "operator": "In", "values": [n]}]}),
-        )
-        .collect();
     let mut pod_spec = json!({
         "restartPolicy": "Never",
         "subdomain": name,
         "serviceAccountName": JOB_SERVICE_ACCOUNT,
-        "nodeSelector": {POOL_LABEL: pool_name},
-        "tolerations": [{"key": POOL_TAINT, "operator": "Equal", "value": pool_name, "effect": "NoSchedule"}],
-        "affinity": {
-            // Exactly the nodes admission chose: the GPUs it counted are there.
-            "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": node_terms}},
-            // One pod per node: the gang spreads over the placement.
-            "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
-                {"labelSelector": {"matchLabels": {TRAININGJOB_LABEL: name}}, "topologyKey": "kubernetes.io/hostname"}
-            ]},
-        },
-        "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": pods::restricted_pod(),
         "containers": [container],
         "volumes": volumes,
     });
+    let pinned = pods::pinned(&pool_name, &placement.nodes);
+    pod_spec
+        .as_object_mut()
+        .expect("a JSON object")
+        .extend(pinned);
+    // One pod per node: the gang spreads over the placement.
+    pod_spec["affinity"]["podAntiAffinity"] = json!({"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": {"matchLabels": {TRAININGJOB_LABEL: name}}, "topologyKey": "kubernetes.io/hostname"}
+    ]});
     if let Some(priority) = &spec.priority {
         pod_spec["priorityClassName"] = json!(priority);
     }
@@ -856,7 +843,7 @@ mod tests {
         assert_eq!(j["metadata"]["labels"][RUN_LABEL], "2");
         assert_eq!(j["metadata"]["ownerReferences"][0]["uid"], "uid-1");
         let pod = &spec["template"]["spec"];
-        assert_eq!(pod["nodeSelector"][POOL_LABEL], "h100");
+        assert_eq!(pod["nodeSelector"][aifactory_api::POOL_LABEL], "h100");
         assert_eq!(pod["serviceAccountName"], "aifactory-jobs");
         assert_eq!(pod["subdomain"], "llm");
         assert_eq!(pod["priorityClassName"], "high");

@@ -23,7 +23,7 @@ use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::scheduling::v1::PriorityClass;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -52,22 +52,7 @@ pub async fn write_job_status(
     tj: &TrainingJob,
     status: &TrainingJobStatus,
 ) -> Result<bool> {
-    if tj.status.as_ref() == Some(status) {
-        return Ok(false);
-    }
-    let patch = serde_json::json!({
-        "apiVersion": TrainingJob::api_version(&()),
-        "kind": TrainingJob::kind(&()),
-        "metadata": {"name": tj.name_any(), "resourceVersion": tj.resource_version()},
-        "status": status,
-    });
-    api.patch_status(
-        &tj.name_any(),
-        &PatchParams::apply(crate::MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(true)
+    crate::controllers::write_status_of(api, tj, tj.status.as_ref(), status).await
 }
 
 /// Deletes the run's Job and, in the background, its pods; gone already is fine.
@@ -222,6 +207,11 @@ pub async fn run(
     .touched_objects()
     .map(|_| ())
     .boxed();
+    // Interactive sessions are admitted by the same pass.
+    let (workspaces, workspace_changes) = reflect(
+        Api::<aifactory_api::Workspace>::all(client.clone()),
+        watcher::Config::default(),
+    );
     let (pods, pod_changes) = pods::reflect(client.clone());
     let pod_changes = pod_changes.map(|_| ()).boxed();
     let wake = {
@@ -231,6 +221,7 @@ pub async fn run(
             tenant_changes,
             class_changes,
             dataset_changes,
+            workspace_changes,
             node_changes,
             pod_changes,
         ])
@@ -274,6 +265,7 @@ pub async fn run(
         pods,
         priority_classes: classes,
         datasets,
+        workspaces,
     };
     let admission = pass::run(ctx.clone(), caches, changed.clone(), shutdown.clone());
     let reconciler = controller

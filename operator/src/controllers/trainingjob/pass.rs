@@ -10,15 +10,19 @@ use super::snapshot::{
 };
 use super::{build, delete_job, write_job_status};
 use crate::context::Context;
-use crate::error::Result;
+use crate::controllers::workspace::session;
+use crate::controllers::write_status_of;
+use crate::error::{Error, Result};
 use crate::metrics::{PoolLabels, TenantPoolLabels};
 use aifactory_admission::{Admission, Eviction, Outcome, admit};
-use aifactory_api::{GpuPool, Tenant, TrainingJob};
+use aifactory_api::{GpuPool, Tenant, TrainingJob, Workspace};
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::scheduling::v1::PriorityClass;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
-use kube::api::Api;
+use kube::api::{Api, DeleteParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -51,12 +55,62 @@ pub struct Caches {
     pub priority_classes: Store<PriorityClass>,
     /// Every Dataset (a job waits for the datasets it mounts).
     pub datasets: Store<aifactory_api::Dataset>,
+    /// Every Workspace (their interactive sessions are admitted here too).
+    pub workspaces: Store<Workspace>,
 }
 
-/// A TrainingJob status the last pass wrote, with the resourceVersion it replaced.
-struct Written {
-    job: ObjectRef<TrainingJob>,
-    replaced: Option<String>,
+/// A status the last pass wrote, with the resourceVersion it replaced.
+enum Written {
+    Job(ObjectRef<TrainingJob>, Option<String>),
+    Session(ObjectRef<Workspace>, Option<String>),
+}
+
+/// What the engine decides about: a training job or a workspace's session.
+#[derive(Clone, Copy)]
+enum Work<'a> {
+    Job(&'a TrainingJob),
+    Session(&'a Workspace),
+}
+
+impl Work<'_> {
+    fn written(&self) -> Written {
+        match self {
+            Work::Job(tj) => Written::Job(ObjectRef::from_obj(*tj), tj.resource_version()),
+            Work::Session(ws) => Written::Session(ObjectRef::from_obj(*ws), ws.resource_version()),
+        }
+    }
+
+    fn id(&self) -> String {
+        match self {
+            Work::Job(tj) => job_id(tj),
+            Work::Session(ws) => session::session_id(ws),
+        }
+    }
+
+    /// Since when it waits (for the time-to-admission histogram).
+    fn waiting_since(&self) -> Option<Time> {
+        match self {
+            Work::Job(tj) => tj
+                .status
+                .as_ref()
+                .and_then(|s| s.queued_at.clone())
+                .or_else(|| tj.metadata.creation_timestamp.clone()),
+            Work::Session(ws) => session::queued_since(ws).cloned(),
+        }
+    }
+
+    /// Watts per GPU of its pool.
+    fn pool(&self) -> String {
+        match self {
+            Work::Job(tj) => tj.spec.pool.clone(),
+            Work::Session(ws) => ws
+                .spec
+                .interactive
+                .as_ref()
+                .map(|i| i.pool.clone())
+                .unwrap_or_default(),
+        }
+    }
 }
 
 /// Runs admission passes until `shutdown` resolves.
@@ -77,6 +131,7 @@ pub async fn run(
             caches.pods.wait_until_ready(),
             caches.priority_classes.wait_until_ready(),
             caches.datasets.wait_until_ready(),
+            caches.workspaces.wait_until_ready(),
         );
     };
     tokio::select! {
@@ -97,7 +152,7 @@ pub async fn run(
             _ = &mut shutdown => return,
             _ = tokio::time::sleep(DEBOUNCE) => {}
         }
-        catch_up(&caches.jobs, &written).await;
+        catch_up(&caches, &written).await;
         let _timer = ctx.metrics.reconcile(CONTROLLER);
         written = pass(&ctx, &caches).await;
     }
@@ -105,12 +160,18 @@ pub async fn run(
 
 /// Waits (a little) until the cache shows every status the last pass wrote, so a
 /// job admitted a second ago is not seen as still queued and admitted twice.
-async fn catch_up(jobs: &Store<TrainingJob>, written: &[Written]) {
+async fn catch_up(caches: &Caches, written: &[Written]) {
     let deadline = tokio::time::Instant::now() + CATCH_UP;
     loop {
-        let behind = written.iter().any(|w| {
-            jobs.get(&w.job)
-                .is_some_and(|j| j.resource_version() == w.replaced)
+        let behind = written.iter().any(|w| match w {
+            Written::Job(job, replaced) => caches
+                .jobs
+                .get(job)
+                .is_some_and(|j| j.resource_version() == *replaced),
+            Written::Session(ws, replaced) => caches
+                .workspaces
+                .get(ws)
+                .is_some_and(|w| w.resource_version() == *replaced),
         });
         if !behind || tokio::time::Instant::now() >= deadline {
             return;
@@ -123,6 +184,7 @@ async fn catch_up(jobs: &Store<TrainingJob>, written: &[Written]) {
 /// next pass looks again.
 async fn pass(ctx: &Context, caches: &Caches) -> Vec<Written> {
     let jobs = caches.jobs.state();
+    let workspaces = caches.workspaces.state();
     let pools = caches.pools.state();
     let tenants = caches.tenants.state();
     let snap = snapshot::snapshot(
@@ -134,49 +196,53 @@ async fn pass(ctx: &Context, caches: &Caches) -> Vec<Written> {
             pods: &caches.pods.state(),
             priority_classes: &caches.priority_classes.state(),
             datasets: &caches.datasets.state(),
+            workspaces: &workspaces,
         },
         jiff::Timestamp::now(),
     );
     let decisions = admit(&snap.factory);
-    let by_id: HashMap<String, &Arc<TrainingJob>> = jobs.iter().map(|j| (job_id(j), j)).collect();
-    let watts = |tj: &TrainingJob| {
+    let by_id: HashMap<String, Work> = jobs
+        .iter()
+        .map(|j| Work::Job(j))
+        .chain(workspaces.iter().map(|w| Work::Session(w)))
+        .map(|w| (w.id(), w))
+        .collect();
+    let watts = |work: &Work| {
+        let pool = work.pool();
         pools
             .iter()
-            .find(|p| p.name_any() == tj.spec.pool)
+            .find(|p| p.name_any() == pool)
             .map(|p| f64::from(p.spec.gpu.power_watts))
             .unwrap_or(0.0)
     };
     let now = build::now();
     let mut written = vec![];
-    let mut record = |tj: &TrainingJob, outcome: Result<bool>| match outcome {
-        Ok(true) => written.push(Written {
-            job: ObjectRef::from_obj(tj),
-            replaced: tj.resource_version(),
-        }),
+    let mut record = |work: Work, outcome: Result<bool>| match outcome {
+        Ok(true) => written.push(work.written()),
         Ok(false) => {}
         Err(e) => {
             ctx.metrics.error(CONTROLLER, e.metric_label());
-            tracing::warn!(job = %job_id(tj), error = %e, "applying an admission decision failed");
+            tracing::warn!(job = %work.id(), error = %e, "applying an admission decision failed");
         }
     };
     for decision in &decisions.decisions {
-        let Some(tj) = by_id.get(&decision.job) else {
+        let Some(&work) = by_id.get(&decision.job) else {
             continue;
         };
         match &decision.outcome {
             Outcome::Admit(admission) => {
-                let r = admit_job(ctx, tj, admission, &decision.pool, &now).await;
-                count_admission(ctx, tj, &decision.tenant, &decision.pool, &r);
-                record(tj, r);
+                let r = admit_work(ctx, work, admission, &decision.pool, &now).await;
+                count_admission(ctx, work, &decision.tenant, &decision.pool, &r);
+                record(work, r);
             }
             Outcome::PreemptToAdmit { evict, admission } => {
                 let mut evicted_all = true;
                 for eviction in evict {
-                    let Some(victim) = by_id.get(&eviction.job) else {
+                    let Some(&victim) = by_id.get(&eviction.job) else {
                         evicted_all = false;
                         continue;
                     };
-                    let r = preempt(ctx, victim, eviction, watts(victim), &now).await;
+                    let r = preempt(ctx, victim, eviction, watts(&victim), &now).await;
                     if r.is_ok() {
                         let labels = TenantPoolLabels {
                             tenant: eviction.tenant.clone(),
@@ -189,29 +255,29 @@ async fn pass(ctx: &Context, caches: &Caches) -> Vec<Written> {
                 }
                 // Admitting while a victim still holds its GPUs would give them twice.
                 if evicted_all {
-                    let r = admit_job(ctx, tj, admission, &decision.pool, &now).await;
-                    count_admission(ctx, tj, &decision.tenant, &decision.pool, &r);
-                    record(tj, r);
+                    let r = admit_work(ctx, work, admission, &decision.pool, &now).await;
+                    count_admission(ctx, work, &decision.tenant, &decision.pool, &r);
+                    record(work, r);
                 }
             }
             Outcome::Queued { position, reason } => {
-                let status = queued_status(
-                    tj,
+                let r = queue(
+                    ctx,
+                    work,
                     Some(*position),
                     &reason.to_string(),
                     reason.code(),
                     &now,
-                );
-                let r = queue(ctx, tj, &status).await;
-                record(tj, r);
+                )
+                .await;
+                record(work, r);
             }
         }
     }
     for (id, reason) in &snap.refused {
-        if let Some(tj) = by_id.get(id) {
-            let status = queued_status(tj, None, reason, "NotAdmissible", &now);
-            let r = queue(ctx, tj, &status).await;
-            record(tj, r);
+        if let Some(&work) = by_id.get(id) {
+            let r = queue(ctx, work, None, reason, "NotAdmissible", &now).await;
+            record(work, r);
         }
     }
     publish_factory_metrics(ctx, &decisions.decisions, &tenants, &snap.usage);
@@ -243,7 +309,7 @@ async fn pass(ctx: &Context, caches: &Caches) -> Vec<Written> {
 }
 
 /// Counts an admission and how long the job waited for it.
-fn count_admission(ctx: &Context, tj: &TrainingJob, tenant: &str, pool: &str, r: &Result<bool>) {
+fn count_admission(ctx: &Context, work: Work, tenant: &str, pool: &str, r: &Result<bool>) {
     if r.is_err() {
         return;
     }
@@ -254,12 +320,7 @@ fn count_admission(ctx: &Context, tj: &TrainingJob, tenant: &str, pool: &str, r:
             pool: pool.into(),
         })
         .inc();
-    let since = tj
-        .status
-        .as_ref()
-        .and_then(|s| s.queued_at.clone())
-        .or_else(|| tj.metadata.creation_timestamp.clone());
-    if let Some(since) = since {
+    if let Some(since) = work.waiting_since() {
         let waited = jiff::Timestamp::now()
             .duration_since(since.0)
             .as_secs_f64()
@@ -322,74 +383,153 @@ fn api(ctx: &Context, tj: &TrainingJob) -> Api<TrainingJob> {
     Api::namespaced(ctx.client.clone(), &tj.namespace().unwrap_or_default())
 }
 
-async fn admit_job(
+fn ws_api(ctx: &Context, ws: &Workspace) -> Api<Workspace> {
+    Api::namespaced(ctx.client.clone(), &ws.namespace().unwrap_or_default())
+}
+
+async fn admit_work(
     ctx: &Context,
-    tj: &TrainingJob,
+    work: Work<'_>,
     admission: &Admission,
     pool: &str,
-    now: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    now: &Time,
 ) -> Result<bool> {
-    let status = admitted_status(tj, admission, now);
-    let wrote = write_job_status(&api(ctx, tj), tj, &status).await?;
-    if wrote {
-        ctx.event(
-            tj,
-            false,
-            "Admitted",
-            format!(
-                "admitted to pool {pool} on {}{}",
-                admission.placement.join(", "),
-                if admission.borrowed_gpus > 0 {
-                    format!(
-                        " ({} GPUs borrowed from idle guarantees)",
-                        admission.borrowed_gpus
-                    )
-                } else {
-                    String::new()
+    let wrote = match write_admitted(ctx, work, admission, now).await {
+        // The object changed since the cache showed it (its own reconcile wrote a
+        // status): the decision still holds if it still waits, so it is applied
+        // to the fresh object. Dropping it would leave victims evicted for
+        // nothing, and the next pass could hand their GPUs back to them.
+        Err(Error::Kube(kube::Error::Api(s))) if s.code == 409 => match work {
+            Work::Job(tj) => {
+                let fresh = api(ctx, tj).get(&tj.name_any()).await?;
+                if !snapshot::waits(&fresh) {
+                    return Ok(false);
                 }
-            ),
-        )
-        .await;
+                write_admitted(ctx, Work::Job(&fresh), admission, now).await?
+            }
+            Work::Session(ws) => {
+                let fresh = ws_api(ctx, ws).get(&ws.name_any()).await?;
+                if !session::waits(&fresh) {
+                    return Ok(false);
+                }
+                write_admitted(ctx, Work::Session(&fresh), admission, now).await?
+            }
+        },
+        other => other?,
+    };
+    if wrote {
+        let message = format!(
+            "admitted to pool {pool} on {}{}",
+            admission.placement.join(", "),
+            if admission.borrowed_gpus > 0 {
+                format!(
+                    " ({} GPUs borrowed from idle guarantees)",
+                    admission.borrowed_gpus
+                )
+            } else {
+                String::new()
+            }
+        );
+        match work {
+            Work::Job(tj) => ctx.event(tj, false, "Admitted", message).await,
+            Work::Session(ws) => ctx.event(ws, false, "Admitted", message).await,
+        }
     }
     Ok(wrote)
+}
+
+/// Writes the admitted status, on condition the object is as the pass read it.
+async fn write_admitted(
+    ctx: &Context,
+    work: Work<'_>,
+    admission: &Admission,
+    now: &Time,
+) -> Result<bool> {
+    match work {
+        Work::Job(tj) => {
+            write_job_status(&api(ctx, tj), tj, &admitted_status(tj, admission, now)).await
+        }
+        Work::Session(ws) => {
+            let status = session::admitted_status(ws, admission, now);
+            write_status_of(&ws_api(ctx, ws), ws, ws.status.as_ref(), &status).await
+        }
+    }
 }
 
 async fn preempt(
     ctx: &Context,
-    victim: &TrainingJob,
+    victim: Work<'_>,
     eviction: &Eviction,
     watts: f64,
-    now: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    now: &Time,
 ) -> Result<bool> {
     let reason = eviction.reason.to_string();
-    let status = preempted_status(victim, &reason, watts, now);
-    // The decision is recorded first: if deleting the Job fails, the victim's
-    // reconcile deletes it (a queued job keeps no Job).
-    let wrote = write_job_status(&api(ctx, victim), victim, &status).await?;
-    let jobs: Api<Job> =
-        Api::namespaced(ctx.client.clone(), &victim.namespace().unwrap_or_default());
-    delete_job(&jobs, &victim.name_any()).await?;
+    // The decision is recorded first: if deleting the Job (or StatefulSet) fails,
+    // the victim's reconcile deletes it (a queued job or session keeps none).
+    let wrote = match victim {
+        Work::Job(tj) => {
+            let status = preempted_status(tj, &reason, watts, now);
+            let wrote = write_job_status(&api(ctx, tj), tj, &status).await?;
+            let jobs: Api<Job> =
+                Api::namespaced(ctx.client.clone(), &tj.namespace().unwrap_or_default());
+            delete_job(&jobs, &tj.name_any()).await?;
+            wrote
+        }
+        Work::Session(ws) => {
+            let status = session::preempted_status(ws, &reason, now);
+            let wrote = write_status_of(&ws_api(ctx, ws), ws, ws.status.as_ref(), &status).await?;
+            let sets: Api<StatefulSet> =
+                Api::namespaced(ctx.client.clone(), &ws.namespace().unwrap_or_default());
+            match sets
+                .delete(&session::session_name(ws), &DeleteParams::background())
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+            wrote
+        }
+    };
     if wrote {
-        ctx.event(victim, true, "Preempted", reason).await;
+        match victim {
+            Work::Job(tj) => ctx.event(tj, true, "Preempted", reason).await,
+            Work::Session(ws) => ctx.event(ws, true, "Preempted", reason).await,
+        }
     }
     Ok(wrote)
 }
 
+/// Writes a waiting job's or session's place and reason; the first time, an Event.
 async fn queue(
     ctx: &Context,
-    tj: &TrainingJob,
-    status: &aifactory_api::TrainingJobStatus,
+    work: Work<'_>,
+    position: Option<u32>,
+    reason: &str,
+    code: &str,
+    now: &Time,
 ) -> Result<bool> {
-    let first = tj.status.as_ref().and_then(|s| s.phase).is_none();
-    let wrote = write_job_status(&api(ctx, tj), tj, status).await?;
-    if wrote && first {
-        ctx.event(
-            tj,
-            false,
-            "Queued",
-            status.pending_reason.clone().unwrap_or_default(),
-        )
-        .await;
+    match work {
+        Work::Job(tj) => {
+            let status = queued_status(tj, position, reason, code, now);
+            let first = tj.status.as_ref().and_then(|s| s.phase).is_none();
+            let wrote = write_job_status(&api(ctx, tj), tj, &status).await?;
+            if wrote && first {
+                ctx.event(tj, false, "Queued", reason.to_string()).await;
+            }
+            Ok(wrote)
+        }
+        Work::Session(ws) => {
+            let status = session::queued_status(ws, position, reason, code, now);
+            let first = ws
+                .status
+                .as_ref()
+                .is_none_or(|s| s.pending_reason.as_deref() == Some(session::WAITING_FOR_PASS));
+            let wrote = write_status_of(&ws_api(ctx, ws), ws, ws.status.as_ref(), &status).await?;
+            if wrote && first {
+                ctx.event(ws, false, "Queued", reason.to_string()).await;
+            }
+            Ok(wrote)
+        }
     }
-    Ok(wrote)
 }

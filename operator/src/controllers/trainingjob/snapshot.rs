@@ -5,10 +5,12 @@ use super::build::{TRAININGJOB_LABEL, account, set_condition};
 use crate::conditions::condition;
 use crate::controllers::gpupool::build::node_ready;
 use crate::controllers::pods::gpus_of;
+use crate::controllers::workspace::build::WORKSPACE_LABEL;
+use crate::controllers::workspace::session::{self, SESSION_LABEL};
 use aifactory_admission as admission;
 use aifactory_api::{
     GpuPool, POOL_LABEL, Placement, PoolUsage, Tenant, TrainingJob, TrainingJobPhase,
-    TrainingJobStatus,
+    TrainingJobStatus, Workspace, bounded_name,
 };
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::scheduling::v1::PriorityClass;
@@ -37,6 +39,8 @@ pub struct Caches<'a> {
     pub priority_classes: &'a [Arc<PriorityClass>],
     /// Every Dataset.
     pub datasets: &'a [Arc<aifactory_api::Dataset>],
+    /// Every Workspace (interactive sessions are one-pod gangs).
+    pub workspaces: &'a [Arc<Workspace>],
 }
 
 /// One admission pass's view of the factory.
@@ -109,10 +113,11 @@ fn level_name(key: &str) -> &str {
     key.rsplit('/').next().unwrap_or(key)
 }
 
-/// Each tenant's usage this period, per pool: GPUs its running jobs hold, and the
-/// GPU-hours and energy of its jobs last counted this period.
+/// Each tenant's usage this period, per pool: GPUs its running jobs and sessions
+/// hold, and the GPU-hours and energy of its jobs last counted this period.
 pub fn usage(
     jobs: &[Arc<TrainingJob>],
+    workspaces: &[Arc<Workspace>],
     tenants: &[Arc<Tenant>],
     now: jiff::Timestamp,
 ) -> BTreeMap<String, Vec<PoolUsage>> {
@@ -151,6 +156,22 @@ pub fn usage(
             entry.energy_kwh += status.energy_kwh;
         }
     }
+    for ws in workspaces.iter().filter(|w| session::holds_gpus(w)) {
+        let Some(tenant) = tenant_of(tenants, &ws.namespace().unwrap_or_default()) else {
+            continue;
+        };
+        let Some(interactive) = &ws.spec.interactive else {
+            continue;
+        };
+        out.entry(tenant.name_any())
+            .or_default()
+            .entry(interactive.pool.clone())
+            .or_insert_with(|| PoolUsage {
+                pool: interactive.pool.clone(),
+                ..Default::default()
+            })
+            .gpus_in_use += i64::from(interactive.gpus.max(0));
+    }
     out.into_iter()
         .map(|(tenant, pools)| {
             let pools = pools
@@ -176,7 +197,7 @@ fn total_hours(usage: &[PoolUsage]) -> f64 {
 
 /// The factory as the engine sees it, and the jobs it is not asked about.
 pub fn snapshot(caches: &Caches, now: jiff::Timestamp) -> Snapshot {
-    let usage = usage(caches.jobs, caches.tenants, now);
+    let usage = usage(caches.jobs, caches.workspaces, caches.tenants, now);
     let priorities: HashMap<String, i32> = caches
         .priority_classes
         .iter()
@@ -213,18 +234,48 @@ pub fn snapshot(caches: &Caches, now: jiff::Timestamp) -> Snapshot {
         });
     }
 
-    // Pods of a job the engine counts from its placement are not counted again;
-    // every other running pod holds GPUs the engine did not hand out.
+    let mut running_sessions = HashSet::new();
+    for ws in caches.workspaces.iter().filter(|w| session::holds_gpus(w)) {
+        let (Some(status), Some(interactive)) = (&ws.status, &ws.spec.interactive) else {
+            continue;
+        };
+        let ns = ws.namespace().unwrap_or_default();
+        running_sessions.insert((ns.clone(), bounded_name(&ws.name_any(), 63)));
+        running.push(admission::RunningJob {
+            id: session::session_id(ws),
+            tenant: tenant_of(caches.tenants, &ns)
+                .map(|t| t.name_any())
+                .unwrap_or_default(),
+            pool: interactive.pool.clone(),
+            gpus_per_node: interactive.gpus.max(0) as u32,
+            placement: status.session_node.iter().cloned().collect(),
+            priority: 0,
+            admitted_at: seconds(status.session_started_at.as_ref()),
+        });
+    }
+
+    // Pods of a job or session the engine counts from its placement are not
+    // counted again; every other running pod holds GPUs the engine did not hand out.
+    let session_of = |pod: &Pod| {
+        pod.labels()
+            .get(SESSION_LABEL)
+            .and_then(|_| pod.labels().get(WORKSPACE_LABEL))
+            .map(|ws| (pod.namespace().unwrap_or_default(), ws.clone()))
+    };
     let ours = |pod: &Pod| {
         pod.labels().get(TRAININGJOB_LABEL).is_some_and(|job| {
             running_ids.contains(&(pod.namespace().unwrap_or_default(), job.clone()))
-        })
+        }) || session_of(pod).is_some_and(|s| running_sessions.contains(&s))
     };
     let mut pods_on: HashMap<&str, Vec<&Pod>> = HashMap::new();
     let mut lingering: HashSet<(String, String)> = HashSet::new();
+    let mut lingering_sessions: HashSet<(String, String)> = HashSet::new();
     for pod in caches.pods {
         if let Some(job) = pod.labels().get(TRAININGJOB_LABEL) {
             lingering.insert((pod.namespace().unwrap_or_default(), job.clone()));
+        }
+        if let Some(s) = session_of(pod) {
+            lingering_sessions.insert(s);
         }
         if ours(pod) {
             continue;
@@ -395,6 +446,35 @@ pub fn snapshot(caches: &Caches, now: jiff::Timestamp) -> Snapshot {
                 .map(str::to_string),
             estimated_gpu_hours: None,
         });
+    }
+
+    let mut sessions: Vec<&Arc<Workspace>> = caches
+        .workspaces
+        .iter()
+        .filter(|w| session::waits(w))
+        .collect();
+    sessions.sort_by_key(|w| session::session_id(w));
+    for ws in sessions {
+        let ns = ws.namespace().unwrap_or_default();
+        // A stopped session's pod still holds its GPUs until it is gone.
+        if lingering_sessions.contains(&(ns.clone(), bounded_name(&ws.name_any(), 63))) {
+            continue;
+        }
+        let Some(tenant) = tenant_of(caches.tenants, &ns) else {
+            refused.push((
+                session::session_id(ws),
+                format!(
+                    "namespace {ns} belongs to no tenant: a session runs only in a tenant's namespace"
+                ),
+            ));
+            continue;
+        };
+        queued.push(session::queued_job(
+            ws,
+            tenant.name_any(),
+            seconds(ws.metadata.creation_timestamp.as_ref()),
+            seconds(session::queued_since(ws)),
+        ));
     }
 
     Snapshot {
@@ -657,6 +737,7 @@ mod tests {
                 pods,
                 priority_classes: &[],
                 datasets: &[],
+                workspaces: &[],
             },
             jiff::Timestamp::from_second(NOW).unwrap(),
         )
@@ -689,6 +770,70 @@ mod tests {
         assert_eq!(unmanaged, [0, 0, 2, 0]);
         assert_eq!(s.factory.pools[0].topology_levels, ["rack"]);
         assert_eq!(s.factory.pools[0].nodes[3].topology["rack"], "r1");
+    }
+
+    fn workspace(name: &str, gpus: i32, status: Value) -> Arc<Workspace> {
+        Arc::new(serde_json::from_value(json!({
+            "apiVersion": "aifactory.dev/v1alpha1", "kind": "Workspace",
+            "metadata": {"name": name, "namespace": "acme", "creationTimestamp": "2026-01-20T23:59:00Z"},
+            "spec": {"storage": {"home": "1Gi"},
+                     "interactive": {"image": "jupyter", "pool": "h100", "gpus": gpus}},
+            "status": status,
+        })).unwrap())
+    }
+
+    #[test]
+    fn sessions_count_against_the_quota_like_jobs_and_their_pods_are_not_counted_twice() {
+        let acme = tenant(
+            "acme",
+            json!([{"pool": "h100", "gpus": 8, "borrowingLimit": 0}]),
+            json!({}),
+        );
+        let running = workspace(
+            "alice",
+            6,
+            json!({"phase": "Running", "sessionNode": "h100-1", "sessionStartedAt": "2026-01-21T00:00:00Z"}),
+        );
+        let waiting = workspace("bob", 4, json!({"phase": "Queued"}));
+        let small = workspace("carol", 2, json!({"phase": "Queued"}));
+        let (p, n) = pool("h100", 2);
+        let mut session_pod = (*pod("acme", "h100-1", 6, None)).clone();
+        session_pod.metadata.labels = Some(
+            [
+                (WORKSPACE_LABEL.to_string(), "alice".to_string()),
+                (SESSION_LABEL.to_string(), "true".to_string()),
+            ]
+            .into(),
+        );
+        let s = snapshot(
+            &Caches {
+                jobs: &[],
+                pools: &[p],
+                tenants: std::slice::from_ref(&acme),
+                nodes: &n,
+                pods: &[Arc::new(session_pod)],
+                priority_classes: &[],
+                datasets: &[],
+                workspaces: &[running, waiting, small],
+            },
+            jiff::Timestamp::from_second(NOW).unwrap(),
+        );
+        assert_eq!(s.factory.running[0].id, "acme/workspace:alice");
+        assert_eq!(s.factory.running[0].placement, ["h100-1"]);
+        assert_eq!(
+            s.factory.pools[0].nodes[1].unmanaged_gpus, 0,
+            "counted once"
+        );
+        assert_eq!(s.usage["acme"][0].gpus_in_use, 6);
+        let decisions = admit(&s.factory);
+        match &decisions.get("acme/workspace:bob").unwrap().outcome {
+            Outcome::Queued { reason, .. } => {
+                assert!(reason.to_string().contains("quota"), "{reason}")
+            }
+            other => panic!("6 + 4 GPUs exceed a quota of 8: {other:?}"),
+        }
+        let carol = &decisions.get("acme/workspace:carol").unwrap().outcome;
+        assert!(matches!(carol, Outcome::Admit(_)), "{carol:?}");
     }
 
     #[test]

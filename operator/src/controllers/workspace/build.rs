@@ -12,9 +12,6 @@ use serde_json::json;
 
 /// Label on a workspace's claims: the workspace's name (bounded to a label value).
 pub const WORKSPACE_LABEL: &str = "aifactory.dev/workspace";
-/// Why an interactive session stays queued: admission of sessions is not built yet.
-pub const SESSION_NOT_ADMITTED: &str =
-    "interactive sessions are not yet admitted by this operator version";
 
 /// Name of the home claim.
 pub fn home_claim_name(ws: &Workspace) -> String {
@@ -110,7 +107,8 @@ impl Observed {
     }
 }
 
-/// The status of `ws` from what the reconcile observed.
+/// The status of `ws`'s volumes and datasets from what the reconcile observed:
+/// Failed, Pending or Ready (the session module adds the session's phase on top).
 pub fn status(ws: &Workspace, o: &Observed) -> WorkspaceStatus {
     let previous = ws.status.clone().unwrap_or_default();
     let unbound: Vec<&str> = o
@@ -146,11 +144,7 @@ pub fn status(ws: &Workspace, o: &Observed) -> WorkspaceStatus {
             refusal_message(),
         )
     } else {
-        let phase = if ws.spec.interactive.is_some() {
-            WorkspacePhase::Queued
-        } else {
-            WorkspacePhase::Ready
-        };
+        let phase = WorkspacePhase::Ready;
         let names: Vec<&str> = o.claims.iter().map(|(n, _)| n.as_str()).collect();
         let mut message = format!("claims bound: {}", names.join(", "));
         if let Some(why) = &o.resize_refused {
@@ -162,9 +156,6 @@ pub fn status(ws: &Workspace, o: &Observed) -> WorkspaceStatus {
         observed_generation: ws.metadata.generation,
         phase: Some(phase),
         volumes: o.claims.iter().map(|(n, _)| n.clone()).collect(),
-        endpoint: None,
-        session_started_at: None,
-        pending_reason: (phase == WorkspacePhase::Queued).then(|| SESSION_NOT_ADMITTED.to_string()),
         conditions: vec![condition(
             &previous.conditions,
             CONDITION_READY,
@@ -174,6 +165,7 @@ pub fn status(ws: &Workspace, o: &Observed) -> WorkspaceStatus {
             ws.metadata.generation,
             &o.now,
         )],
+        ..Default::default()
     }
 }
 
@@ -245,7 +237,7 @@ mod tests {
     }
 
     #[test]
-    fn bound_claims_make_a_workspace_ready_and_a_session_waits_in_the_queue() {
+    fn bound_claims_make_a_workspace_ready() {
         let bound = Observed {
             claims: vec![("workspace-alice-home".into(), true)],
             ..Observed::at(Time(jiff::Timestamp::UNIX_EPOCH))
@@ -255,11 +247,6 @@ mod tests {
         assert_eq!(s.phase, Some(WorkspacePhase::Ready));
         assert_eq!(s.volumes, ["workspace-alice-home"]);
         assert_eq!(s.pending_reason, None);
-        let session = workspace(json!({"storage": {"home": "1Gi"},
-            "interactive": {"image": "jupyter", "pool": "h100", "gpus": 1}}));
-        let s = status(&session, &bound);
-        assert_eq!(s.phase, Some(WorkspacePhase::Queued));
-        assert_eq!(s.pending_reason.as_deref(), Some(SESSION_NOT_ADMITTED));
         let pending = status(
             &plain,
             &Observed {

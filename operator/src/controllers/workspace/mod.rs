@@ -1,9 +1,10 @@
 //! Workspace controller: home and scratch claims (owned by the workspace, so they
 //! go with it), the datasets it names checked with the same rule as jobs (its own,
-//! or granted to its namespace), and its status. An interactive session is reported
-//! Queued: sessions will go through the TrainingJob admission engine, which does
-//! not admit them yet.
+//! or granted to its namespace), its interactive session (admitted by the
+//! TrainingJob admission pass, run here as a StatefulSet and Service, stopped at
+//! maxLifetime: see [`session`]), and its status.
 pub mod build;
+pub mod session;
 
 use crate::apply::apply;
 use crate::context::{Context, now, on_error};
@@ -11,10 +12,11 @@ use crate::controllers::dataset::{
     build::class_refusal, build::owner_tenant, grow_claim, namespace_terminating,
 };
 use crate::error::{Error, Result};
-use aifactory_api::{CONDITION_READY, Dataset, Tenant, Workspace, WorkspacePhase};
+use aifactory_api::{CONDITION_READY, Dataset, GpuPool, Tenant, Workspace, WorkspacePhase};
 use build::Observed;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service};
 use kube::api::{Api, DeleteParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config, Controller};
@@ -53,7 +55,6 @@ async fn provision(ws: &Workspace, c: &WorkspaceCtx) -> Result<Action> {
     let cache = |e| Error::InvalidSpec(format!("cache: {e}"));
     c.datasets.wait_until_ready().await.map_err(cache)?;
     c.tenants.wait_until_ready().await.map_err(cache)?;
-    let name = ws.name_any();
     let previous = ws.status.clone().unwrap_or_default();
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     let tenants = c.tenants.state();
@@ -126,29 +127,128 @@ async fn provision(ws: &Workspace, c: &WorkspaceCtx) -> Result<Action> {
     let datasets = c.datasets.state();
     observed.refusals = build::dataset_refusals(ws, datasets.iter().map(|d| d.as_ref()));
 
-    let status = build::status(ws, &observed);
+    let base = build::status(ws, &observed);
+    let failed = (base.phase == Some(WorkspacePhase::Failed))
+        .then(|| crate::conditions::find(&base.conditions, CONDITION_READY))
+        .flatten()
+        .map(|c| c.message.clone());
+    let now_ts = jiff::Timestamp::now();
+    let mut plan = session::plan(ws, failed.as_deref(), now_ts);
+    let mut pool = None;
+    if let (session::Plan::Run { .. }, Some(interactive)) = (&plan, &ws.spec.interactive) {
+        pool = Api::<GpuPool>::all(ctx.client.clone())
+            .get_opt(&interactive.pool)
+            .await?;
+        if pool.is_none() {
+            plan = session::Plan::Stop(format!("pool {} no longer exists", interactive.pool));
+        }
+    }
+    let ready = run_session(ctx, ws, &ns, &plan, pool.as_ref()).await?;
+    let status = session::status(ws, &plan, base, ready, &observed.now);
+
     let ready = crate::conditions::find(&status.conditions, CONDITION_READY);
     let was = crate::conditions::find(&previous.conditions, CONDITION_READY);
     if let Some(r) = ready
         && was.is_none_or(|w| w.reason != r.reason || w.message != r.message)
-        && (status.phase != previous.phase || status.phase == Some(WorkspacePhase::Failed))
+        && status.phase == Some(WorkspacePhase::Failed)
     {
-        let warning = status.phase == Some(WorkspacePhase::Failed);
-        ctx.event(ws, warning, &r.reason, r.message.clone()).await;
+        ctx.event(ws, true, &r.reason, r.message.clone()).await;
     }
-    crate::controllers::write_status(
+    if let Some(r) = ready
+        && r.status == "True"
+        && was.is_none_or(|w| w.status != "True")
+    {
+        ctx.event(ws, false, &r.reason, r.message.clone()).await;
+    }
+    let session = crate::conditions::find(&status.conditions, session::CONDITION_SESSION);
+    let session_was = crate::conditions::find(&previous.conditions, session::CONDITION_SESSION);
+    if let Some(c) = session
+        && matches!(c.reason.as_str(), "Running" | "Expired" | "Stopped")
+        && session_was.is_none_or(|w| w.reason != c.reason)
+    {
+        let reason = match c.reason.as_str() {
+            "Running" => "SessionRunning",
+            "Expired" => "SessionExpired",
+            _ => "SessionStopped",
+        };
+        ctx.event(ws, false, reason, c.message.clone()).await;
+    }
+    crate::controllers::write_status_of(
         &Api::<Workspace>::namespaced(ctx.client.clone(), &ns),
-        &name,
+        ws,
         ws.status.as_ref(),
         &status,
-        true,
     )
     .await?;
-    Ok(match status.phase {
+    let backstop = match status.phase {
         // Claim binding is watched; a minute is a backstop.
-        Some(WorkspacePhase::Pending) => Action::requeue(Duration::from_secs(60)),
-        _ => Action::requeue(Duration::from_secs(600)),
-    })
+        Some(WorkspacePhase::Pending) => Duration::from_secs(60),
+        _ => Duration::from_secs(600),
+    };
+    // A running session is looked at again when it must stop.
+    let stop = status
+        .session_started_at
+        .as_ref()
+        .filter(|_| matches!(plan, session::Plan::Run { .. }))
+        .and_then(|s| session::stops_at(ws, s))
+        .map(|end| {
+            end.duration_since(now_ts)
+                .as_secs_f64()
+                .clamp(0.0, backstop.as_secs_f64())
+        })
+        .map(|secs| Duration::from_secs_f64(secs) + Duration::from_millis(500));
+    Ok(Action::requeue(stop.unwrap_or(backstop).min(backstop)))
+}
+
+/// Makes the session's StatefulSet and Service what `plan` says: present and
+/// pinned while it runs (on `pool`, which the caller found), gone otherwise.
+/// Returns whether its pod is ready.
+async fn run_session(
+    ctx: &Context,
+    ws: &Workspace,
+    ns: &str,
+    plan: &session::Plan,
+    pool: Option<&GpuPool>,
+) -> Result<bool> {
+    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
+    let name = session::session_name(ws);
+    if let (session::Plan::Run { node }, Some(pool)) = (plan, pool) {
+        apply(&services, &session::service(ws)).await?;
+        apply(&sets, &session::statefulset(ws, pool, node)).await?;
+        let ready = sets
+            .get_opt(&name)
+            .await?
+            .and_then(|s| s.status)
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0);
+        return Ok(ready >= 1);
+    }
+    delete_owned(&sets, &name, ws).await?;
+    delete_owned(&services, &name, ws).await?;
+    Ok(false)
+}
+
+/// Deletes `name` if it is `ws`'s own and not already going; gone is fine.
+async fn delete_owned<K>(api: &Api<K>, name: &str, ws: &Workspace) -> Result<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let Some(live) = api.get_metadata_opt(name).await? else {
+        return Ok(());
+    };
+    let ours = live
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(&o.uid) == ws.metadata.uid.as_ref());
+    if !ours || live.metadata.deletion_timestamp.is_some() {
+        return Ok(());
+    }
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Runs the Workspace controller until `shutdown` resolves.
@@ -196,6 +296,23 @@ pub async fn run(
             watcher(
                 Api::<PartialObjectMeta<PersistentVolumeClaim>>::all(client.clone()),
                 watcher::Config::default().labels(build::WORKSPACE_LABEL),
+            )
+            .default_backoff()
+            .touched_objects(),
+        )
+        // The session's StatefulSet (its readiness) and Service.
+        .owns_stream(
+            watcher(
+                Api::<PartialObjectMeta<StatefulSet>>::all(client.clone()),
+                watcher::Config::default().labels(session::SESSION_LABEL),
+            )
+            .default_backoff()
+            .touched_objects(),
+        )
+        .owns_stream(
+            watcher(
+                Api::<PartialObjectMeta<Service>>::all(client.clone()),
+                watcher::Config::default().labels(session::SESSION_LABEL),
             )
             .default_backoff()
             .touched_objects(),
