@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # The demo factory: builds what it needs, starts the local factory (16 H100 nodes
 # and 4 A100 nodes, simulated by kwok), installs the CRDs, runs the operator,
-# applies examples/ and shows the result. Leaves the factory and the operator
-# running; stop them with `hack/operator.sh stop && make factory-down`.
+# applies examples/ and tells the factory's story in three acts: pools and tenants
+# provisioned and jobs admitted (after their datasets import) by fair share; a
+# busy hour in which uni-lab and acme borrow idle GPUs up to the power cap; St
+# Mary's reclaiming its guarantee, so one borrowed job is preempted, requeued and
+# started again. Leaves the factory and the operator running; stop them with
+# `hack/operator.sh stop && make factory-down`.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -55,7 +59,43 @@ step "kubectl factory why policy-pretrain -n acme"
 factory why policy-pretrain -n acme || true
 step "kubectl factory pools"
 factory pools || true
-sleep 5
+
+step "act 2, a busy hour: uni-lab borrows idle H100s for two sweeps, acme borrows 8 more"
+kubectl apply --server-side -f examples/60-busy-hour.yaml
+kubectl wait --for=jsonpath='{.status.phase}'=Running trainingjob/llm-sweep-a trainingjob/llm-sweep-b \
+  -n uni-lab --timeout=120s >/dev/null
+kubectl wait --for=jsonpath='{.status.phase}'=Running trainingjob/grasp-sim -n acme --timeout=120s >/dev/null
+factory pools || true
+step "kubectl factory usage (borrowed GPUs count against nobody's guarantee)"
+factory usage --tenant uni-lab || true
+
+step "act 3: St Mary's needs its 16 guaranteed GPUs, but h100-lux is near its power cap"
+kubectl apply --server-side -f examples/70-st-marys-reclaims.yaml
+victim=""
+for _ in $(seq 1 60); do
+  victim=$(kubectl get trainingjobs -A -o jsonpath='{range .items[?(@.status.phase=="Preempted")]}{.metadata.namespace}{" "}{.metadata.name}{"\n"}{end}' | head -1)
+  [ -n "$victim" ] && break
+  sleep 1
+done
+kubectl wait --for=jsonpath='{.status.phase}'=Running trainingjob/ct-segmentation -n st-marys-imaging \
+  --timeout=120s >/dev/null || echo "(ct-segmentation not running yet)"
+kubectl get trainingjobs -A
+if [ -n "$victim" ]; then
+  set -- $victim
+  step "the borrower reclaimed from, preempted and requeued: kubectl factory why $2 -n $1"
+  factory why "$2" -n "$1" || true
+  step "the queue: the preempted job waits for room, first in line"
+  factory queue || true
+  step "ct-segmentation ends after 60 s of (simulated) training; $2 starts again"
+  kubectl wait --for=jsonpath='{.status.phase}'=Running "trainingjob/$2" -n "$1" --timeout=240s >/dev/null \
+    && kubectl get trainingjob "$2" -n "$1" \
+    || echo "($2 not running again yet: kubectl factory why $2 -n $1)"
+else
+  echo "(no job was preempted: kubectl factory why ct-segmentation -n st-marys-imaging)"
+fi
+
+step "the interactive session of alice's workspace, admitted like a 1-GPU job"
+kubectl get workspaces -n acme
 step "kubectl factory usage"
 factory usage || true
 
