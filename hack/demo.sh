@@ -72,6 +72,7 @@ factory usage --tenant uni-lab || true
 step "act 3: St Mary's needs its 16 guaranteed GPUs, but h100-lux is near its power cap"
 kubectl apply --server-side -f examples/70-st-marys-reclaims.yaml
 victim=""
+story=""
 for _ in $(seq 1 60); do
   victim=$(kubectl get trainingjobs -A -o jsonpath='{range .items[?(@.status.phase=="Preempted")]}{.metadata.namespace}{" "}{.metadata.name}{"\n"}{end}' | head -1)
   [ -n "$victim" ] && break
@@ -89,9 +90,10 @@ if [ -n "$victim" ]; then
   step "ct-segmentation ends after 60 s of (simulated) training; $2 starts again"
   kubectl wait --for=jsonpath='{.status.phase}'=Running "trainingjob/$2" -n "$1" --timeout=240s >/dev/null \
     && kubectl get trainingjob "$2" -n "$1" \
-    || echo "($2 not running again yet: kubectl factory why $2 -n $1)"
+    || { echo "($2 not running again yet: kubectl factory why $2 -n $1)"; story="$2 was not admitted again"; }
 else
   echo "(no job was preempted: kubectl factory why ct-segmentation -n st-marys-imaging)"
+  story="no job was preempted for St Mary's"
 fi
 
 step "the interactive session of alice's workspace, admitted like a 1-GPU job"
@@ -99,4 +101,8 @@ kubectl get workspaces -n acme
 step "kubectl factory usage"
 factory usage || true
 
+if [ -n "$story" ]; then
+  echo "the demo's story did not happen: $story" >&2
+  exit 1
+fi
 printf '\nThe factory keeps running: export KUBECONFIG=%s\nStop it with: make factory-down\n' "$KUBECONFIG"

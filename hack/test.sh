@@ -54,3 +54,11 @@ else
 fi
 step "cargo test --workspace (unit, property, drift and integration tests)"
 cargo test --workspace --no-fail-fast "$@"
+
+# The README's first command, on a factory of its own (the one this script
+# started): it exits non-zero when its story (a preemption and the requeued job
+# running again) does not happen.
+if [ "$started" = 1 ] && [ "${AIFACTORY_SKIP_DEMO:-0}" != 1 ]; then
+  step "the demo (make demo) on this factory"
+  hack/demo.sh
+fi
