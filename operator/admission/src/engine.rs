@@ -17,14 +17,18 @@
 //!    the pass, so smaller jobs may still backfill around it but not into it.
 //! 5. Otherwise it stays queued with the reason of the first check that failed.
 
-use std::collections::{HashMap, HashSet};
+use std::borrow::Cow;
+use std::cmp::Reverse;
+use std::collections::HashSet;
+use std::ops::Range;
 
 use crate::decision::{
     Admission, Decision, Decisions, Eviction, Outcome, PendingReason, PoolUsage, PreemptionReason,
     Reservation,
 };
+use crate::fast_hash::FastMap;
 use crate::model::{Factory, GpuPool, QueuedJob, RunningJob};
-use crate::placement::{Fit, Miss, PoolNodes};
+use crate::placement::{Fit, Miss, NodeBuffers, PoolLayout, PoolNodes};
 use crate::queue::{Entry, Queue, Share};
 use crate::quota::{PoolLedger, QuotaShortfall};
 
@@ -32,7 +36,102 @@ use crate::quota::{PoolLedger, QuotaShortfall};
 /// and whom it evicts) or why it waits. Pure: the same factory gives the same
 /// decisions.
 pub fn admit(factory: &Factory) -> Decisions {
-    Pass::new(factory).run()
+    let bases: Vec<PoolBase> = factory.pools.iter().map(PoolBase::borrowing).collect();
+    Pass::new(factory, &factory.pools, &bases, Vec::new())
+        .run()
+        .0
+}
+
+/// An admission engine for many passes over the same pools, such as a simulation:
+/// it keeps what only the pools determine (node layout, topology order, node
+/// names) and the memory of its indexes from one pass to the next.
+///
+/// The engine owns the pools; the factories it is given carry everything else and
+/// no pools of their own. [`Engine::admit`] then decides exactly as [`admit`] would
+/// for the factory with the engine's pools.
+#[derive(Debug)]
+pub struct Engine {
+    pools: Vec<GpuPool>,
+    bases: Vec<PoolBase<'static>>,
+    buffers: Vec<NodeBuffers>,
+}
+
+impl Engine {
+    /// An engine for a factory made of these pools.
+    pub fn new(pools: Vec<GpuPool>) -> Self {
+        let bases = pools.iter().map(PoolBase::owning).collect();
+        Self {
+            pools,
+            bases,
+            buffers: Vec::new(),
+        }
+    }
+
+    /// The pools.
+    pub fn pools(&self) -> &[GpuPool] {
+        &self.pools
+    }
+
+    /// Decide exactly as [`admit`] would for `factory` with the engine's pools.
+    ///
+    /// # Panics
+    /// If `factory` has pools of its own: they would be ignored, so a caller that
+    /// still fills them has a bug. (Comparing them with the engine's would cost about
+    /// as much as building the indexes the engine keeps.)
+    pub fn admit(&mut self, factory: &Factory) -> Decisions {
+        assert!(
+            factory.pools.is_empty(),
+            "Engine::admit takes the pools from the engine, not the factory"
+        );
+        let buffers = std::mem::take(&mut self.buffers);
+        let (decisions, buffers) = Pass::new(factory, &self.pools, &self.bases, buffers).run();
+        self.buffers = buffers;
+        decisions
+    }
+}
+
+/// What a pass needs of a pool that only its spec determines.
+#[derive(Debug)]
+struct PoolBase<'s> {
+    layout: PoolLayout,
+    /// Node name → index; of nodes sharing a name, the last.
+    node_ids: FastMap<Cow<'s, str>, u32>,
+    /// GPUs held outside the factory, on all nodes.
+    unmanaged: u64,
+}
+
+impl<'s> PoolBase<'s> {
+    fn borrowing(spec: &'s GpuPool) -> Self {
+        let mut node_ids = FastMap::default();
+        node_ids.reserve(spec.nodes.len());
+        for (i, n) in spec.nodes.iter().enumerate() {
+            node_ids.insert(Cow::Borrowed(n.name.as_str()), i as u32);
+        }
+        Self {
+            layout: PoolLayout::new(spec),
+            node_ids,
+            unmanaged: spec
+                .nodes
+                .iter()
+                .map(|n| u64::from(n.unmanaged_gpus.min(n.gpus)))
+                .sum(),
+        }
+    }
+}
+
+impl PoolBase<'static> {
+    fn owning(spec: &GpuPool) -> Self {
+        let base = PoolBase::borrowing(spec);
+        PoolBase {
+            layout: base.layout,
+            node_ids: base
+                .node_ids
+                .into_iter()
+                .map(|(name, i)| (Cow::Owned(name.into_owned()), i))
+                .collect(),
+            unmanaged: base.unmanaged,
+        }
+    }
 }
 
 /// A queued job that names a known tenant and pool and has a valid shape.
@@ -52,7 +151,8 @@ struct Ask<'f> {
 struct Running<'f> {
     job: &'f RunningJob,
     tenant: Option<usize>,
-    nodes: Vec<u32>,
+    /// Its known nodes: a range of [`Pass::running_nodes`].
+    nodes: Range<usize>,
     gpus: u64,
     evicted: bool,
 }
@@ -84,7 +184,7 @@ struct FailedPreemption {
 
 struct PoolState<'f> {
     spec: &'f GpuPool,
-    nodes: PoolNodes,
+    nodes: PoolNodes<'f>,
     ledger: PoolLedger,
     /// GPUs drawing power: unmanaged ones and those of admitted jobs, on all nodes.
     allocated: u64,
@@ -92,8 +192,17 @@ struct PoolState<'f> {
     /// Power held for the starving job, in GPUs.
     held_power: u64,
     power_cap_gpus: Option<u64>,
-    /// Running jobs, lowest priority and youngest first.
+    /// Running jobs, lowest priority and youngest first once
+    /// [`Pass::sort_evict_order`] ran (sorted only if a job of the pool may preempt).
     evict_order: Vec<usize>,
+    evict_order_sorted: bool,
+    /// The pool's running jobs grouped by tenant: tenant t's are
+    /// `by_tenant[by_tenant_start[t]..by_tenant_start[t + 1]]`.
+    by_tenant: Vec<usize>,
+    by_tenant_start: Vec<usize>,
+    /// Per tenant: running jobs not evicted in this pass, and their GPUs.
+    live_jobs: Vec<u32>,
+    live_gpus: Vec<u64>,
     /// Bumped whenever GPUs change hands in the pool.
     epoch: u64,
     hold: Option<Hold<'f>>,
@@ -130,33 +239,41 @@ struct Plan {
 
 struct Pass<'f> {
     factory: &'f Factory,
+    /// The factory's pools (the engine's, for [`Engine::admit`]).
+    specs: &'f [GpuPool],
     pools: Vec<PoolState<'f>>,
     running: Vec<Running<'f>>,
+    running_nodes: Vec<u32>,
     budget_left: Vec<Option<f64>>,
-    pool_ids: HashMap<&'f str, usize>,
-    tenant_ids: HashMap<&'f str, usize>,
+    pool_ids: FastMap<&'f str, usize>,
+    tenant_ids: FastMap<&'f str, usize>,
 }
 
 impl<'f> Pass<'f> {
-    fn new(factory: &'f Factory) -> Self {
-        let tenant_ids: HashMap<&str, usize> = factory
+    fn new(
+        factory: &'f Factory,
+        specs: &'f [GpuPool],
+        bases: &'f [PoolBase],
+        buffers: Vec<NodeBuffers>,
+    ) -> Self {
+        let tenant_ids: FastMap<&str, usize> = factory
             .tenants
             .iter()
             .enumerate()
             .map(|(i, t)| (t.name.as_str(), i))
             .collect();
-        let pool_ids: HashMap<&str, usize> = factory
-            .pools
+        let pool_ids: FastMap<&str, usize> = specs
             .iter()
             .enumerate()
             .map(|(i, p)| (p.name.as_str(), i))
             .collect();
 
-        let mut pools: Vec<PoolState> = factory
-            .pools
+        let mut buffers = buffers.into_iter();
+        let mut pools: Vec<PoolState> = specs
             .iter()
-            .map(|spec| {
-                let nodes = PoolNodes::new(spec);
+            .zip(bases)
+            .map(|(spec, base)| {
+                let nodes = PoolNodes::reusing(&base.layout, buffers.next().unwrap_or_default());
                 let mut ledger = PoolLedger::new(factory.tenants.len(), nodes.capacity_gpus());
                 for (t, tenant) in factory.tenants.iter().enumerate() {
                     if let Some(q) = tenant.quotas.iter().rev().find(|q| q.pool == spec.name) {
@@ -168,11 +285,7 @@ impl<'f> Pass<'f> {
                         );
                     }
                 }
-                let unmanaged = spec
-                    .nodes
-                    .iter()
-                    .map(|n| u64::from(n.unmanaged_gpus.min(n.gpus)))
-                    .sum();
+                let unmanaged = base.unmanaged;
                 let power_cap_gpus = match spec.power_cap_kilowatts {
                     Some(cap) if spec.power_watts > 0.0 => {
                         Some((cap.max(0.0) * 1000.0 / spec.power_watts + 1e-9).floor() as u64)
@@ -188,6 +301,11 @@ impl<'f> Pass<'f> {
                     held_power: 0,
                     power_cap_gpus,
                     evict_order: Vec::new(),
+                    evict_order_sorted: false,
+                    by_tenant: Vec::new(),
+                    by_tenant_start: Vec::new(),
+                    live_jobs: vec![0; factory.tenants.len()],
+                    live_gpus: vec![0; factory.tenants.len()],
                     epoch: 0,
                     hold: None,
                     failed_preemptions: Vec::new(),
@@ -198,66 +316,48 @@ impl<'f> Pass<'f> {
         // Running jobs hold their GPUs; a job naming an unknown pool holds nothing we
         // can see, and an unknown node is skipped (its GPUs still count for quota
         // and power).
-        let node_ids: Vec<HashMap<&str, u32>> = factory
-            .pools
-            .iter()
-            .map(|p| {
-                p.nodes
-                    .iter()
-                    .enumerate()
-                    .map(|(i, n)| (n.name.as_str(), i as u32))
-                    .collect()
-            })
-            .collect();
-        let mut running = Vec::new();
+        let mut running = Vec::with_capacity(factory.running.len());
+        let mut running_nodes = Vec::new();
         for job in &factory.running {
             let Some(&p) = pool_ids.get(job.pool.as_str()) else {
                 continue;
             };
             let pool = &mut pools[p];
-            let nodes: Vec<u32> = job
-                .placement
-                .iter()
-                .filter_map(|name| node_ids[p].get(name.as_str()).copied())
-                .collect();
+            let start = running_nodes.len();
+            for name in &job.placement {
+                if let Some(&node) = bases[p].node_ids.get(name.as_str()) {
+                    pool.nodes.take(node, job.gpus_per_node);
+                    running_nodes.push(node);
+                }
+            }
             let tenant = tenant_ids.get(job.tenant.as_str()).copied();
             let gpus = job.gpus();
-            for &node in &nodes {
-                pool.nodes.take(node, job.gpus_per_node);
-            }
             if let Some(t) = tenant {
                 pool.ledger.take(t, gpus);
+                pool.live_jobs[t] += 1;
+                pool.live_gpus[t] += gpus;
             }
             pool.allocated += gpus;
             pool.evict_order.push(running.len());
             running.push(Running {
                 job,
                 tenant,
-                nodes,
+                nodes: start..running_nodes.len(),
                 gpus,
                 evicted: false,
             });
         }
+
         for pool in &mut pools {
-            pool.evict_order.sort_by(|&a, &b| {
-                let (a, b) = (running[a].job, running[b].job);
-                (
-                    a.priority,
-                    std::cmp::Reverse(a.admitted_at),
-                    std::cmp::Reverse(&a.id),
-                )
-                    .cmp(&(
-                        b.priority,
-                        std::cmp::Reverse(b.admitted_at),
-                        std::cmp::Reverse(&b.id),
-                    ))
-            });
+            group_by_tenant(pool, &running, factory.tenants.len());
         }
 
         Self {
             factory,
+            specs,
             pools,
             running,
+            running_nodes,
             budget_left: factory
                 .tenants
                 .iter()
@@ -268,7 +368,8 @@ impl<'f> Pass<'f> {
         }
     }
 
-    fn run(mut self) -> Decisions {
+    /// Decide every queued job; give back the node indexes' memory.
+    fn run(mut self) -> (Decisions, Vec<NodeBuffers>) {
         let factory = self.factory;
         let (asks, rejected) = self.asks();
         let entries = asks
@@ -319,14 +420,15 @@ impl<'f> Pass<'f> {
             ));
         }
 
-        // Positions: per pool, in the order considered.
-        let mut positions: HashMap<String, u32> = HashMap::new();
+        // Positions: per pool (by name), in the order considered.
+        let mut positions = vec![0u32; self.specs.len()];
+        let mut other_positions: FastMap<&str, u32> = FastMap::default();
         for d in &mut decisions {
             if let Outcome::Queued { position, reason } = &mut d.outcome {
-                if !positions.contains_key(&d.pool) {
-                    positions.insert(d.pool.clone(), 0);
-                }
-                let count = positions.get_mut(&d.pool).expect("inserted above");
+                let count = match self.pool_ids.get(d.pool.as_str()) {
+                    Some(&p) => &mut positions[p],
+                    None => other_positions.entry(d.pool.as_str()).or_default(),
+                };
                 *count += 1;
                 *position = *count;
                 reason.set_jobs_ahead(*count - 1);
@@ -334,7 +436,12 @@ impl<'f> Pass<'f> {
         }
 
         let pools = self.pools.iter().map(|p| self.usage(p)).collect();
-        Decisions { decisions, pools }
+        let buffers = self
+            .pools
+            .into_iter()
+            .map(|p| p.nodes.into_buffers())
+            .collect();
+        (Decisions { decisions, pools }, buffers)
     }
 
     /// Resolve queued jobs; the malformed ones are refused at once.
@@ -371,7 +478,7 @@ impl<'f> Pass<'f> {
                 }));
                 continue;
             }
-            let levels = &factory.pools[pool].topology_levels;
+            let levels = &self.specs[pool].topology_levels;
             let level = match &job.pack {
                 None => None,
                 Some(level) => match levels.iter().position(|l| l == level) {
@@ -568,7 +675,7 @@ impl<'f> Pass<'f> {
     fn evict(&mut self, pool: usize, r: usize) {
         let job = &self.running[r];
         let pool = &mut self.pools[pool];
-        for &node in &job.nodes {
+        for &node in &self.running_nodes[job.nodes.clone()] {
             pool.nodes.give_back(node, job.job.gpus_per_node);
         }
         if let Some(t) = job.tenant {
@@ -580,7 +687,7 @@ impl<'f> Pass<'f> {
     fn unevict(&mut self, pool: usize, r: usize) {
         let job = &self.running[r];
         let pool = &mut self.pools[pool];
-        for &node in &job.nodes {
+        for &node in &self.running_nodes[job.nodes.clone()] {
             pool.nodes.take(node, job.job.gpus_per_node);
         }
         if let Some(t) = job.tenant {
@@ -639,35 +746,29 @@ impl<'f> Pass<'f> {
         }) {
             return None;
         }
-        let may_reclaim = pool.ledger.anyone_borrowing();
-        let candidates: Vec<usize> = pool
-            .evict_order
-            .iter()
-            .copied()
-            .filter(|&r| {
-                let run = &self.running[r];
-                !run.evicted
-                    && match run.tenant {
-                        Some(t) if t == a.tenant => run.job.priority < job.priority,
-                        Some(t) => may_reclaim && pool.ledger.is_borrowing(t),
-                        None => false,
-                    }
-            })
-            .collect();
-        let reachable: u64 = candidates.iter().map(|&r| self.running[r].gpus).sum();
-        if candidates.is_empty() || pool.nodes.free_gpus() + reachable < a.gpus {
+        if !self.any_candidate_reaches(a) {
             self.remember_failure(a);
             return None;
         }
-
+        if !pool.evict_order_sorted {
+            self.sort_evict_order(p);
+        }
+        // Victims in eviction order: the tenant's own lower-priority jobs, and, while
+        // the job stays within its guarantee, jobs of tenants borrowing right now.
+        // Only evictions happen in this loop, so a tenant borrowing now was
+        // borrowing when the loop began: no need to list the candidates first.
         let mut victims = Vec::new();
         let mut fits = false;
-        for r in candidates {
+        for k in 0..self.pools[p].evict_order.len() {
+            let r = self.pools[p].evict_order[k];
             let run = &self.running[r];
-            if let Some(t) = run.tenant
-                && t != a.tenant
-                && !(self.within_guarantee(a) && self.pools[p].ledger.is_borrowing(t))
-            {
+            let candidate = !run.evicted
+                && match run.tenant {
+                    Some(t) if t == a.tenant => run.job.priority < job.priority,
+                    Some(t) => self.within_guarantee(a) && self.pools[p].ledger.is_borrowing(t),
+                    None => false,
+                };
+            if !candidate {
                 continue;
             }
             self.evict(p, r);
@@ -701,6 +802,11 @@ impl<'f> Pass<'f> {
             .map(|&r| {
                 self.running[r].evicted = true;
                 let run = &self.running[r];
+                if let Some(t) = run.tenant {
+                    let pool = &mut self.pools[p];
+                    pool.live_jobs[t] -= 1;
+                    pool.live_gpus[t] -= run.gpus;
+                }
                 let reason = if run.tenant == Some(a.tenant) {
                     PreemptionReason::HigherPriority {
                         by_job: job.id.clone(),
@@ -722,6 +828,60 @@ impl<'f> Pass<'f> {
             })
             .collect();
         Some(evictions)
+    }
+
+    /// The test `preempt` starts with — is there any candidate victim, and could
+    /// evicting all of them free enough GPUs? — from per-tenant sums instead of a
+    /// walk over every running job of the pool.
+    fn any_candidate_reaches(&self, a: &Ask) -> bool {
+        let pool = &self.pools[a.pool];
+        let (mut jobs, mut gpus) = (0u64, 0u64);
+        let own =
+            &pool.by_tenant[pool.by_tenant_start[a.tenant]..pool.by_tenant_start[a.tenant + 1]];
+        for &r in own {
+            let run = &self.running[r];
+            if !run.evicted && run.job.priority < a.job.priority {
+                jobs += 1;
+                gpus += run.gpus;
+            }
+        }
+        if pool.ledger.anyone_borrowing() {
+            for t in (0..pool.live_jobs.len()).filter(|&t| t != a.tenant) {
+                if pool.ledger.is_borrowing(t) {
+                    jobs += u64::from(pool.live_jobs[t]);
+                    gpus += pool.live_gpus[t];
+                }
+            }
+        }
+        jobs > 0 && pool.nodes.free_gpus() + gpus >= a.gpus
+    }
+
+    /// Order the pool's running jobs for eviction: lowest priority, then youngest,
+    /// then the greatest id. Sorting on numbers first and comparing ids only on
+    /// ties gives the same order as sorting on the whole key, for less.
+    fn sort_evict_order(&mut self, p: usize) {
+        let running = &self.running;
+        let pool = &mut self.pools[p];
+        let mut keyed: Vec<(i32, Reverse<u64>, usize)> = pool
+            .evict_order
+            .iter()
+            .map(|&r| {
+                (
+                    running[r].job.priority,
+                    Reverse(running[r].job.admitted_at),
+                    r,
+                )
+            })
+            .collect();
+        keyed.sort_by(|a, b| {
+            (a.0, a.1)
+                .cmp(&(b.0, b.1))
+                .then_with(|| Reverse(&running[a.2].job.id).cmp(&Reverse(&running[b.2].job.id)))
+        });
+        pool.evict_order.clear();
+        pool.evict_order
+            .extend(keyed.into_iter().map(|(_, _, r)| r));
+        pool.evict_order_sorted = true;
     }
 
     fn remember_failure(&mut self, a: &Ask) {
@@ -853,6 +1013,29 @@ impl<'f> Pass<'f> {
             }),
         }
     }
+}
+
+/// Group the pool's running jobs by tenant, keeping their order within a tenant.
+fn group_by_tenant(pool: &mut PoolState, running: &[Running], tenants: usize) {
+    let mut start = vec![0usize; tenants + 1];
+    for &r in &pool.evict_order {
+        if let Some(t) = running[r].tenant {
+            start[t + 1] += 1;
+        }
+    }
+    for t in 0..tenants {
+        start[t + 1] += start[t];
+    }
+    let mut next = start.clone();
+    let mut grouped = vec![0usize; start[tenants]];
+    for &r in &pool.evict_order {
+        if let Some(t) = running[r].tenant {
+            grouped[next[t]] = r;
+            next[t] += 1;
+        }
+    }
+    pool.by_tenant = grouped;
+    pool.by_tenant_start = start;
 }
 
 fn decision(job: &QueuedJob, outcome: Outcome) -> Decision {

@@ -6,7 +6,9 @@
 //! [`admit`], takes a [`Factory`] snapshot and returns [`Decisions`]; the same
 //! snapshot always gives the same decisions. The controller feeds it from its watch
 //! caches and applies the decisions; the simulator and the benchmark
-//! (`src/bin/bench-admission.rs`) feed it synthetic factories.
+//! (`src/bin/bench-admission.rs`) feed it synthetic factories. A caller that runs
+//! many passes over the same pools (the simulator) may hold an [`Engine`] instead:
+//! same decisions, without rebuilding the pools' node indexes every pass.
 //!
 //! # Feeding it
 //! - **Pools** with every member node: allocatable GPUs, ready/schedulable, topology
@@ -73,6 +75,7 @@
 
 mod decision;
 mod engine;
+mod fast_hash;
 mod model;
 mod placement;
 mod queue;
@@ -82,5 +85,5 @@ pub use decision::{
     Admission, Decision, Decisions, Eviction, Outcome, PendingReason, PoolUsage, PreemptionReason,
     Reservation,
 };
-pub use engine::admit;
+pub use engine::{Engine, admit};
 pub use model::{Factory, GpuPool, Node, Policy, QueuedJob, Quota, RunningJob, Tenant};

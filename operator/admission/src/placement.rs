@@ -8,8 +8,6 @@
 //! holds it, keeping whole nodes free for large gangs; a packed gang goes to the
 //! domain with the fewest fitting nodes that still holds it, for the same reason.
 
-use std::collections::HashMap;
-
 use crate::model::GpuPool;
 
 const NO_DOMAIN: u32 = u32::MAX;
@@ -27,6 +25,16 @@ impl FreeIndex {
             buckets: vec![Vec::new(); max_free as usize + 1],
             free_gpus: 0,
         }
+    }
+
+    /// Empty again, for nodes of up to `max_free` free GPUs, keeping the memory.
+    fn reset(&mut self, max_free: u32) {
+        self.buckets.truncate(max_free as usize + 1);
+        for bucket in &mut self.buckets {
+            bucket.clear();
+        }
+        self.buckets.resize_with(max_free as usize + 1, Vec::new);
+        self.free_gpus = 0;
     }
 
     /// Nodes with at least `gpus` free.
@@ -98,36 +106,31 @@ pub(crate) struct Fit {
     pub domain: Option<u32>,
 }
 
-/// The nodes of one pool with their free GPUs.
+/// What a pass needs to know about a pool's nodes that no job changes: capacities,
+/// topology domains, rank order and the largest gangs that could ever fit. Built once
+/// per pool and shared by passes while the pool's nodes stay the same.
 #[derive(Debug, Clone)]
-pub(crate) struct PoolNodes {
+pub(crate) struct PoolLayout {
     levels: usize,
     max_gpus: u32,
     /// GPUs usable by admitted jobs: allocatable less unmanaged.
     capacity: Vec<u32>,
-    /// GPUs held by admitted jobs.
-    used: Vec<u32>,
     schedulable: Vec<bool>,
-    /// In the free indexes: schedulable and not reserved.
-    indexed: Vec<bool>,
     /// `[node * levels + level]` → domain id, or `NO_DOMAIN`.
     domain: Vec<u32>,
     /// `[level][domain]` → value, domains sorted by value.
     domain_names: Vec<Vec<String>>,
-    pool_index: FreeIndex,
-    /// `[level][domain]`.
-    domain_index: Vec<Vec<FreeIndex>>,
-    /// `[node * (levels + 1) + k]`: position in index k (0 = pool, 1.. = level).
-    slots: Vec<u32>,
     /// Node → its place in topology order (outermost domain, …, name).
     rank: Vec<u32>,
     /// `[level + 1][gpus]` → most schedulable nodes with that capacity (in one
     /// domain of the level; `[0]` = the whole pool).
     max_nodes: Vec<Vec<u32>>,
+    /// GPUs of schedulable nodes usable by admitted jobs.
+    capacity_gpus: u64,
 }
 
-impl PoolNodes {
-    /// Index the nodes of `pool`, all free.
+impl PoolLayout {
+    /// Lay out the nodes of `pool`.
     pub fn new(pool: &GpuPool) -> Self {
         let levels = pool.topology_levels.len();
         let n = pool.nodes.len();
@@ -149,31 +152,39 @@ impl PoolNodes {
                 .collect();
             names.sort_unstable();
             names.dedup();
-            let ids: HashMap<&str, u32> = names
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (*s, i as u32))
-                .collect();
             for (i, node) in pool.nodes.iter().enumerate() {
                 if let Some(value) = node.topology.get(level) {
-                    domain[i * levels + l] = ids[value.as_str()];
+                    let id = names
+                        .binary_search(&value.as_str())
+                        .expect("every value was collected above");
+                    domain[i * levels + l] = id as u32;
                 }
             }
             domain_names.push(names.into_iter().map(str::to_owned).collect::<Vec<_>>());
         }
 
+        // Topology order compares domain values level by level, a node without a
+        // domain reading as "" (so it ties with a domain named ""), then names. Domain
+        // ids are already in value order, so compare small numbers instead of strings:
+        // 0 for "" or no domain, the others above it.
+        let mut keys = vec![0u32; n * levels];
+        for l in 0..levels {
+            let empty_named = domain_names[l].first().is_some_and(String::is_empty);
+            for i in 0..n {
+                let d = domain[i * levels + l];
+                keys[i * levels + l] = match d {
+                    NO_DOMAIN => 0,
+                    d if empty_named => d,
+                    d => d + 1,
+                };
+            }
+        }
         let mut order: Vec<u32> = (0..n as u32).collect();
         order.sort_by(|&a, &b| {
-            let key = |i: u32| {
-                let i = i as usize;
-                (
-                    (0..levels)
-                        .map(|l| domain_names_of(&domain_names, l, domain[i * levels + l]))
-                        .collect::<Vec<_>>(),
-                    pool.nodes[i].name.as_str(),
-                )
-            };
-            key(a).cmp(&key(b))
+            let (a, b) = (a as usize, b as usize);
+            keys[a * levels..(a + 1) * levels]
+                .cmp(&keys[b * levels..(b + 1) * levels])
+                .then_with(|| pool.nodes[a].name.cmp(&pool.nodes[b].name))
         });
         let mut rank = vec![0; n];
         for (r, &node) in order.iter().enumerate() {
@@ -186,56 +197,155 @@ impl PoolNodes {
             max_gpus,
         ));
         for l in 0..levels {
+            // Per domain, how many schedulable nodes have each capacity; then the
+            // best domain for each size.
+            let width = max_gpus as usize + 2;
+            let mut counts = vec![0u32; domain_names[l].len() * width];
+            for i in (0..n).filter(|&i| schedulable[i]) {
+                let d = domain[i * levels + l];
+                if d != NO_DOMAIN {
+                    counts[d as usize * width + capacity[i].min(max_gpus) as usize] += 1;
+                }
+            }
             let mut best = vec![0u32; max_gpus as usize + 1];
-            for d in 0..domain_names[l].len() as u32 {
-                let counts = at_least_counts(
-                    (0..n)
-                        .filter(|&i| schedulable[i] && domain[i * levels + l] == d)
-                        .map(|i| capacity[i]),
-                    max_gpus,
-                );
-                for (b, c) in best.iter_mut().zip(counts) {
-                    *b = (*b).max(c);
+            for per_domain in counts.chunks_mut(width) {
+                for g in (0..=max_gpus as usize).rev() {
+                    per_domain[g] += per_domain[g + 1];
+                }
+                for (b, c) in best.iter_mut().zip(per_domain.iter()) {
+                    *b = (*b).max(*c);
                 }
             }
             max_nodes.push(best);
         }
+        let capacity_gpus = (0..n)
+            .filter(|&i| schedulable[i])
+            .map(|i| u64::from(capacity[i]))
+            .sum();
 
-        let mut nodes = Self {
+        Self {
             levels,
             max_gpus,
-            used: vec![0; n],
-            indexed: vec![false; n],
-            pool_index: FreeIndex::new(max_gpus),
-            domain_index: domain_names
-                .iter()
-                .map(|names| vec![FreeIndex::new(max_gpus); names.len()])
-                .collect(),
-            slots: vec![0; n * (levels + 1)],
             capacity,
             schedulable,
             domain,
             domain_names,
             rank,
             max_nodes,
-        };
-        for node in 0..n as u32 {
-            if nodes.schedulable[node as usize] {
-                nodes.include(node);
-            }
+            capacity_gpus,
         }
-        nodes
     }
 
     /// Number of nodes.
     pub fn len(&self) -> usize {
         self.capacity.len()
     }
+}
+
+/// The free-GPU indexes of a pool's nodes, kept between passes so their memory is
+/// reused; [`PoolNodes`] fills them afresh.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct NodeBuffers {
+    used: Vec<u32>,
+    indexed: Vec<bool>,
+    pool_index: Option<FreeIndex>,
+    domain_index: Vec<Vec<FreeIndex>>,
+    slots: Vec<u32>,
+}
+
+/// The nodes of one pool with their free GPUs.
+#[derive(Debug, Clone)]
+pub(crate) struct PoolNodes<'l> {
+    layout: &'l PoolLayout,
+    levels: usize,
+    max_gpus: u32,
+    /// GPUs held by admitted jobs.
+    used: Vec<u32>,
+    /// In the free indexes: schedulable and not reserved.
+    indexed: Vec<bool>,
+    pool_index: FreeIndex,
+    /// `[level][domain]`.
+    domain_index: Vec<Vec<FreeIndex>>,
+    /// `[node * (levels + 1) + k]`: position in index k (0 = pool, 1.. = level).
+    slots: Vec<u32>,
+}
+
+impl<'l> PoolNodes<'l> {
+    /// Index the nodes of `layout`, all free.
+    #[cfg(test)]
+    pub fn new(layout: &'l PoolLayout) -> Self {
+        Self::reusing(layout, NodeBuffers::default())
+    }
+
+    /// Index the nodes of `layout`, all free, in the memory of an earlier pass.
+    /// Nodes enter the indexes in node order, as in a fresh index, so the result
+    /// is the same whatever the buffers held.
+    pub fn reusing(layout: &'l PoolLayout, buffers: NodeBuffers) -> Self {
+        let n = layout.len();
+        let levels = layout.levels;
+        let max_gpus = layout.max_gpus;
+        let NodeBuffers {
+            mut used,
+            mut indexed,
+            pool_index,
+            mut domain_index,
+            mut slots,
+        } = buffers;
+        used.clear();
+        used.resize(n, 0);
+        indexed.clear();
+        indexed.resize(n, false);
+        slots.clear();
+        slots.resize(n * (levels + 1), 0);
+        let mut pool_index = pool_index.unwrap_or_else(|| FreeIndex::new(max_gpus));
+        pool_index.reset(max_gpus);
+        domain_index.truncate(levels);
+        domain_index.resize_with(levels, Vec::new);
+        for (ixs, names) in domain_index.iter_mut().zip(&layout.domain_names) {
+            ixs.truncate(names.len());
+            for ix in ixs.iter_mut() {
+                ix.reset(max_gpus);
+            }
+            ixs.resize_with(names.len(), || FreeIndex::new(max_gpus));
+        }
+        let mut nodes = Self {
+            layout,
+            levels,
+            max_gpus,
+            used,
+            indexed,
+            pool_index,
+            domain_index,
+            slots,
+        };
+        for node in 0..n as u32 {
+            if layout.schedulable[node as usize] {
+                nodes.include(node);
+            }
+        }
+        nodes
+    }
+
+    /// Give the memory back for the next pass.
+    pub fn into_buffers(self) -> NodeBuffers {
+        NodeBuffers {
+            used: self.used,
+            indexed: self.indexed,
+            pool_index: Some(self.pool_index),
+            domain_index: self.domain_index,
+            slots: self.slots,
+        }
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.layout.len()
+    }
 
     /// Free GPUs of a node.
     pub fn free(&self, node: u32) -> u32 {
         let i = node as usize;
-        self.capacity[i].saturating_sub(self.used[i])
+        self.layout.capacity[i].saturating_sub(self.used[i])
     }
 
     /// Free GPUs on nodes new work may use (schedulable, not reserved).
@@ -245,23 +355,20 @@ impl PoolNodes {
 
     /// GPUs of schedulable nodes usable by admitted jobs.
     pub fn capacity_gpus(&self) -> u64 {
-        (0..self.len())
-            .filter(|&i| self.schedulable[i])
-            .map(|i| u64::from(self.capacity[i]))
-            .sum()
+        self.layout.capacity_gpus
     }
 
     /// Free GPUs of schedulable nodes, reserved or not.
     pub fn free_gpus_schedulable(&self) -> u64 {
         (0..self.len() as u32)
-            .filter(|&i| self.schedulable[i as usize])
+            .filter(|&i| self.layout.schedulable[i as usize])
             .map(|i| u64::from(self.free(i)))
             .sum()
     }
 
     /// The value of a node's domain at a level.
     pub fn domain_name(&self, level: usize, domain: u32) -> &str {
-        &self.domain_names[level][domain as usize]
+        &self.layout.domain_names[level][domain as usize]
     }
 
     /// Most schedulable nodes that could ever hold `gpus` each (in one domain of
@@ -270,7 +377,7 @@ impl PoolNodes {
         if gpus > self.max_gpus {
             return 0;
         }
-        self.max_nodes[level.map_or(0, |l| l + 1)][gpus as usize]
+        self.layout.max_nodes[level.map_or(0, |l| l + 1)][gpus as usize]
     }
 
     fn set_used(&mut self, node: u32, used: u32) {
@@ -306,7 +413,7 @@ impl PoolNodes {
         let stride = self.levels + 1;
         index_remove(&mut self.pool_index, &mut self.slots, stride, 0, node, free);
         for l in 0..self.levels {
-            let d = self.domain[i * self.levels + l];
+            let d = self.layout.domain[i * self.levels + l];
             if d != NO_DOMAIN {
                 let ix = &mut self.domain_index[l][d as usize];
                 index_remove(ix, &mut self.slots, stride, l + 1, node, free);
@@ -318,7 +425,7 @@ impl PoolNodes {
     /// Put a schedulable node back into the free indexes.
     pub fn include(&mut self, node: u32) {
         let i = node as usize;
-        if self.indexed[i] || !self.schedulable[i] {
+        if self.indexed[i] || !self.layout.schedulable[i] {
             return;
         }
         let free = self.free(node);
@@ -331,7 +438,7 @@ impl PoolNodes {
             free,
         );
         for l in 0..self.levels {
-            let d = self.domain[i * self.levels + l];
+            let d = self.layout.domain[i * self.levels + l];
             if d != NO_DOMAIN {
                 let ix = &mut self.domain_index[l][d as usize];
                 index_insert(ix, &mut self.slots, i * stride + l + 1, node, free);
@@ -384,7 +491,7 @@ impl PoolNodes {
                 Some(d as u32)
             }
         };
-        nodes.sort_unstable_by_key(|&node| self.rank[node as usize]);
+        nodes.sort_unstable_by_key(|&node| self.layout.rank[node as usize]);
         Ok(Fit { nodes, domain })
     }
 
@@ -396,7 +503,7 @@ impl PoolNodes {
     pub fn reservation(&self, n: u32, gpus: u32, level: Option<usize>) -> Option<Vec<u32>> {
         let pick = |members: &mut dyn Iterator<Item = u32>| -> Option<(u64, Vec<u32>)> {
             let mut scored: Vec<(u32, u32)> = members
-                .filter(|&node| self.capacity[node as usize] >= gpus)
+                .filter(|&node| self.layout.capacity[node as usize] >= gpus)
                 .map(|node| (self.free(node).min(gpus), node))
                 .collect();
             if (scored.len() as u32) < n {
@@ -421,16 +528,8 @@ impl PoolNodes {
                 best?.1
             }
         };
-        nodes.sort_unstable_by_key(|&node| self.rank[node as usize]);
+        nodes.sort_unstable_by_key(|&node| self.layout.rank[node as usize]);
         Some(nodes)
-    }
-}
-
-fn domain_names_of(names: &[Vec<String>], level: usize, domain: u32) -> &str {
-    if domain == NO_DOMAIN {
-        ""
-    } else {
-        &names[level][domain as usize]
     }
 }
 
@@ -467,7 +566,8 @@ mod tests {
     #[test]
     fn a_small_pod_goes_to_the_fullest_node_that_still_holds_it() {
         let pool = h100();
-        let mut nodes = PoolNodes::new(&pool);
+        let layout = PoolLayout::new(&pool);
+        let mut nodes = PoolNodes::new(&layout);
         nodes.take(5, 6); // h100-r1-n1 has 2 free
         nodes.take(2, 4); // h100-r0-n2 has 4 free
         let fit = nodes.find(1, 2, None).unwrap();
@@ -479,7 +579,8 @@ mod tests {
     #[test]
     fn a_gang_uses_distinct_nodes_in_rank_order() {
         let pool = h100();
-        let nodes = PoolNodes::new(&pool);
+        let layout = PoolLayout::new(&pool);
+        let nodes = PoolNodes::new(&layout);
         let fit = nodes.find(8, 8, None).unwrap();
         assert_eq!(
             names(&pool, &fit.nodes),
@@ -506,7 +607,8 @@ mod tests {
     #[test]
     fn a_packed_gang_takes_the_tightest_rack_that_holds_it() {
         let pool = h100();
-        let mut nodes = PoolNodes::new(&pool);
+        let layout = PoolLayout::new(&pool);
+        let mut nodes = PoolNodes::new(&layout);
         nodes.take(0, 8); // rack r0 has 3 whole nodes left, r1 has 4
         let fit = nodes.find(3, 8, Some(1)).unwrap();
         assert_eq!(fit.domain.map(|d| nodes.domain_name(1, d)), Some("r0"));
@@ -519,7 +621,8 @@ mod tests {
     #[test]
     fn free_gpus_spread_over_racks_do_not_make_a_packed_gang_fit() {
         let pool = h100();
-        let mut nodes = PoolNodes::new(&pool);
+        let layout = PoolLayout::new(&pool);
+        let mut nodes = PoolNodes::new(&layout);
         nodes.take(0, 8);
         nodes.take(4, 8); // three whole nodes left in each rack
         assert_eq!(nodes.find(4, 8, Some(1)), Err(Miss::Topology));
@@ -532,7 +635,8 @@ mod tests {
             .node(Node::new("a", 8).unschedulable())
             .node(Node::new("b", 8))
             .node(Node::new("c", 8).unmanaged(6));
-        let mut nodes = PoolNodes::new(&pool);
+        let layout = PoolLayout::new(&pool);
+        let mut nodes = PoolNodes::new(&layout);
         assert_eq!(nodes.free_gpus(), 10);
         assert_eq!(nodes.max_nodes(8, None), 1);
         nodes.exclude(1);
@@ -545,7 +649,8 @@ mod tests {
     #[test]
     fn the_reservation_picks_the_nodes_closest_to_holding_the_gang() {
         let pool = h100();
-        let mut nodes = PoolNodes::new(&pool);
+        let layout = PoolLayout::new(&pool);
+        let mut nodes = PoolNodes::new(&layout);
         for node in 0..8 {
             nodes.take(node, 8);
         }
@@ -564,7 +669,8 @@ mod tests {
     #[test]
     fn updates_keep_the_buckets_consistent() {
         let pool = h100();
-        let mut nodes = PoolNodes::new(&pool);
+        let layout = PoolLayout::new(&pool);
+        let mut nodes = PoolNodes::new(&layout);
         for round in 0..50u32 {
             let node = (round * 7) % 8;
             if nodes.free(node) >= 3 {

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use aifactory_admission::{
-    Decisions, Factory, GpuPool, Node, Outcome, Policy, PreemptionReason, QueuedJob, Quota,
+    Decisions, Engine, Factory, GpuPool, Node, Outcome, Policy, PreemptionReason, QueuedJob, Quota,
     RunningJob, Tenant, admit,
 };
 use proptest::prelude::*;
@@ -892,11 +892,15 @@ pub struct Simulation {
     /// Job id → first pass it was admitted.
     pub first_admitted: HashMap<String, u64>,
     next_admitted: u64,
+    /// Decides every pass again, keeping its indexes from pass to pass: it must
+    /// agree with `admit` on every one.
+    engine: Engine,
 }
 
 impl Simulation {
     pub fn new(pools: Vec<GpuPool>, tenants: Vec<Tenant>, starving_after: u64) -> Self {
         Self {
+            engine: Engine::new(pools.clone()),
             pools,
             tenants,
             policy: Policy {
@@ -936,6 +940,16 @@ impl Simulation {
             policy: self.policy.clone(),
         };
         let decisions = admit(&factory);
+        let without_pools = Factory {
+            pools: Vec::new(),
+            ..factory.clone()
+        };
+        let from_engine = self.engine.admit(&without_pools);
+        if from_engine != decisions {
+            return Err(format!(
+                "Engine::admit and admit disagree at pass {now}:\n{from_engine:#?}\nvs\n{decisions:#?}"
+            ));
+        }
         let applied = replay(&factory, &decisions)?;
 
         let durations: HashMap<String, u64> = self
