@@ -134,7 +134,10 @@ fn is_permanent(reason: &PendingReason) -> bool {
 /// The simulator's state.
 pub struct Simulation {
     opts: Options,
+    /// Everything the engine sees but the pools, which the engine owns.
     factory: adm::Factory,
+    /// Owns the pools and keeps what they determine from pass to pass.
+    engine: adm::Engine,
     budgets: Vec<Option<f64>>,
     jobs: Vec<Job>,
     /// Parallel to `factory.running` / `factory.queued`: the job index.
@@ -246,9 +249,11 @@ impl Simulation {
         let tenants = vec![TenantAcc::default(); factory.tenants.len()];
         let pools = vec![PoolAcc::default(); factory.pools.len()];
         let clock = jobs.first().map_or(0, |j| j.submit);
+        let engine = adm::Engine::new(std::mem::take(&mut factory.pools));
         Ok(Self {
             opts,
             factory,
+            engine,
             budgets: f.budgets.clone(),
             jobs,
             running_ids: Vec::new(),
@@ -290,8 +295,8 @@ impl Simulation {
             .get(job.tenant as usize)
             .map_or("?", |t| t.name.as_str());
         let pool = self
-            .factory
-            .pools
+            .engine
+            .pools()
             .get(job.pool as usize)
             .map_or("?", |p| p.name.as_str());
         let line = format!(
@@ -352,7 +357,7 @@ impl Simulation {
         let mut q = adm::QueuedJob::new(
             self.job_id(j),
             self.factory.tenants[job.tenant as usize].name.clone(),
-            self.factory.pools[job.pool as usize].name.clone(),
+            self.engine.pools()[job.pool as usize].name.clone(),
         )
         .nodes(job.nodes)
         .gpus_per_node(job.gpus_per_node)
@@ -433,7 +438,7 @@ impl Simulation {
             debug_assert_eq!(p as usize, pool);
             let used = &mut self.node_used[p as usize][n as usize];
             *used += gpn;
-            if *used > self.factory.pools[pool].nodes[n as usize].gpus {
+            if *used > self.engine.pools()[pool].nodes[n as usize].gpus {
                 self.checks.capacity_violations += 1;
             }
             placed.push(n);
@@ -445,7 +450,7 @@ impl Simulation {
         let acc = &mut self.pools[pool];
         acc.allocated += gpus;
         acc.peak = acc.peak.max(acc.allocated);
-        let spec = &self.factory.pools[pool];
+        let spec = &self.engine.pools()[pool];
         if let Some(cap) = spec.power_cap_kilowatts
             && acc.allocated as f64 * spec.power_watts > cap * 1000.0 + 1e-6
         {
@@ -486,7 +491,7 @@ impl Simulation {
         }
         self.peak_queue = self.peak_queue.max(self.factory.queued.len() as u64);
         let started = Instant::now();
-        let decisions = adm::admit(&self.factory);
+        let decisions = self.engine.admit(&self.factory);
         self.admit_time += started.elapsed().as_secs_f64();
         self.checks.passes += 1;
 
@@ -723,8 +728,8 @@ impl Simulation {
             .collect();
 
         let pools: Vec<PoolReport> = self
-            .factory
-            .pools
+            .engine
+            .pools()
             .iter()
             .enumerate()
             .map(|(i, p)| {
