@@ -129,7 +129,7 @@ async fn a_workspace_mounts_its_own_ready_dataset_and_its_session_waits_for_admi
         "bob",
         json!({"storage": {"home": "1Gi"},
                "datasets": [{"name": "robot-demos"}],
-               "interactive": {"image": "jupyter/pytorch-notebook:2026.10", "pool": "h100-lux", "gpus": 1}}),
+               "interactive": {"image": "jupyter/pytorch-notebook:2026.10", "pool": "no-such-pool", "gpus": 1}}),
     )
     .await?;
     // The session names a pool that does not exist: it waits, saying so.
@@ -142,7 +142,7 @@ async fn a_workspace_mounts_its_own_ready_dataset_and_its_session_waits_for_admi
                 .as_ref()
                 .is_some_and(|s| {
                     s.phase == Some(WorkspacePhase::Queued)
-                        && s.pending_reason.as_deref() == Some("unknown pool h100-lux")
+                        && s.pending_reason.as_deref() == Some("unknown pool no-such-pool")
                 })
                 .then_some(w))
         }
@@ -342,5 +342,24 @@ async fn a_session_is_admitted_against_the_quota_and_stopped_at_max_lifetime() -
     // An expired session stays stopped: nothing runs for alice.
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     assert!(sets.get_opt("alice-session").await?.is_none());
+
+    // Bob asks for more GPUs than his tenant's quota: the admitted shape no longer
+    // holds, so his session stops and queues again, told why.
+    Api::<Workspace>::namespaced(client.clone(), &ns)
+        .patch(
+            "bob",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"interactive": {"gpus": 6}}})),
+        )
+        .await?;
+    let bob = wait_workspace(&client, &ns, "bob", "requeued on the quota", |s| {
+        s.phase == Some(WorkspacePhase::Queued)
+            && s.pending_reason
+                .as_deref()
+                .is_some_and(|r| r.contains("quota"))
+    })
+    .await?;
+    assert_eq!(bob.session_node, None);
+    wait_gone(&sets, "bob-session", "bob's StatefulSet").await?;
     Ok(())
 }

@@ -139,8 +139,18 @@ async fn provision(ws: &Workspace, c: &WorkspaceCtx) -> Result<Action> {
         pool = Api::<GpuPool>::all(ctx.client.clone())
             .get_opt(&interactive.pool)
             .await?;
-        if pool.is_none() {
-            plan = session::Plan::Stop(format!("pool {} no longer exists", interactive.pool));
+        let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
+        let live = sets.get_opt(&session::session_name(ws)).await?;
+        match (&pool, &live) {
+            (None, _) => {
+                plan = session::Plan::Stop(format!("pool {} no longer exists", interactive.pool))
+            }
+            (Some(p), Some(live)) => {
+                if let Some(why) = session::reshaped(ws, live, p) {
+                    plan = session::Plan::Stop(why);
+                }
+            }
+            (Some(_), None) => {}
         }
     }
     let ready = run_session(ctx, ws, &ns, &plan, pool.as_ref()).await?;

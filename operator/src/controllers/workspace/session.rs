@@ -343,6 +343,30 @@ pub fn status(
     st
 }
 
+/// Why the running StatefulSet no longer matches what was admitted, if it does
+/// not: the spec's pool or GPU count changed since admission (an image or port
+/// change is rolled out in place; a new shape must queue again).
+pub fn reshaped(ws: &Workspace, live: &StatefulSet, pool: &GpuPool) -> Option<String> {
+    let interactive = ws.spec.interactive.as_ref()?;
+    let pod = live.spec.as_ref()?.template.spec.as_ref()?;
+    let live_pool = pod.node_selector.as_ref()?.get(aifactory_api::POOL_LABEL)?;
+    let live_gpus = pod
+        .containers
+        .first()?
+        .resources
+        .as_ref()?
+        .limits
+        .as_ref()?
+        .get(&pool.spec.gpu.resource_name)?;
+    let gpus = interactive.gpus.to_string();
+    (live_pool != &interactive.pool || live_gpus.0 != gpus).then(|| {
+        format!(
+            "the session was admitted for {} GPUs in pool {live_pool} and now asks for {gpus} in pool {}: it queues again",
+            live_gpus.0, interactive.pool
+        )
+    })
+}
+
 /// Where the session is reached: `<service>.<namespace>.svc:<port>`.
 pub fn endpoint(ws: &Workspace) -> String {
     format!(
@@ -570,6 +594,23 @@ mod tests {
         );
         let c = crate::conditions::find(&again.conditions, CONDITION_SESSION).unwrap();
         assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "NoRoom"));
+    }
+
+    #[test]
+    fn a_new_pool_or_gpu_count_requeues_a_running_session_but_a_new_image_does_not() {
+        let ws = workspace(session(), json!({}));
+        let live = statefulset(&ws, &pool(), "gpu-7");
+        assert_eq!(reshaped(&ws, &live, &pool()), None);
+        let mut image = ws.clone();
+        image.spec.interactive.as_mut().unwrap().image = "jupyter:2".into();
+        assert_eq!(reshaped(&image, &live, &pool()), None);
+        let mut bigger = ws.clone();
+        bigger.spec.interactive.as_mut().unwrap().gpus = 4;
+        let why = reshaped(&bigger, &live, &pool()).unwrap();
+        assert!(
+            why.contains("admitted for 2 GPUs in pool h100 and now asks for 4"),
+            "{why}"
+        );
     }
 
     #[test]
