@@ -115,6 +115,53 @@ pub fn bin_dir() -> Result<PathBuf> {
     Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
 }
 
+/// The `kubectl-factory` plugin binary, built once per test binary with cargo (as
+/// `cargo install` would).
+pub fn kubectl_factory_binary() -> &'static PathBuf {
+    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BINARY.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "kubectl-factory",
+                "--bin",
+                "kubectl-factory",
+            ])
+            .current_dir(repo_root())
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building kubectl-factory failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join("target"));
+        target.join("debug/kubectl-factory")
+    })
+}
+
+/// Runs `kubectl-factory args` with `kubeconfig`: its stdout, or an error with its
+/// stderr. The output is printed too: what a user would have seen, shown when a
+/// test fails.
+pub fn kubectl_factory(kubeconfig: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new(kubectl_factory_binary())
+        .env("KUBECONFIG", kubeconfig)
+        .args(args)
+        .output()
+        .context("running kubectl-factory")?;
+    if !out.status.success() {
+        bail!(
+            "kubectl factory {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let stdout = String::from_utf8(out.stdout)?;
+    println!("$ kubectl factory {}\n{stdout}", args.join(" "));
+    Ok(stdout)
+}
+
 /// Runs the factory's kubectl with the admin kubeconfig; returns stdout or fails
 /// with stderr.
 pub fn kubectl(args: &[&str]) -> Result<String> {

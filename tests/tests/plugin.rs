@@ -3,65 +3,19 @@
 //! what each command prints about them. The statuses are the real operator's.
 use aifactory_api::{GpuPool, Tenant, TrainingJob, TrainingJobPhase};
 use aifactory_tests::*;
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use kube::Client;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(90);
 
-/// The plugin binary, built once per test run with cargo (as `cargo install` would).
-fn binary() -> &'static PathBuf {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "kubectl-factory",
-                "--bin",
-                "kubectl-factory",
-            ])
-            .current_dir(repo_root())
-            .status()
-            .expect("running cargo build");
-        assert!(status.success(), "building kubectl-factory failed");
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo_root().join("target"));
-        target.join("debug/kubectl-factory")
-    })
-}
-
 /// Runs `kubectl-factory args` with the admin kubeconfig; stdout, or fails with stderr.
 fn factory(args: &[&str]) -> Result<String> {
-    factory_as(&admin_kubeconfig(), args)
-}
-
-/// Runs `kubectl-factory args` with `kubeconfig`.
-fn factory_as(kubeconfig: &std::path::Path, args: &[&str]) -> Result<String> {
-    let out = Command::new(binary())
-        .env("KUBECONFIG", kubeconfig)
-        .args(args)
-        .output()
-        .context("running kubectl-factory")?;
-    if !out.status.success() {
-        bail!(
-            "kubectl factory {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let stdout = String::from_utf8(out.stdout)?;
-    // Shown when a test fails (or with --nocapture): what a user would have seen.
-    println!("$ kubectl factory {}\n{stdout}", args.join(" "));
-    Ok(stdout)
+    kubectl_factory(&admin_kubeconfig(), args)
 }
 
 async fn submit(client: &Client, ns: &str, name: &str, pool: &str, gpus: i32) -> Result<()> {
@@ -328,17 +282,23 @@ async fn kubectl_factory_shows_pools_usage_queue_and_why_a_job_waits() -> Result
             .trim(),
     );
     assert_eq!(
-        queue_rows(&factory_as(&kubeconfig, &["queue", "--tenant", &acme])?),
+        queue_rows(&kubectl_factory(
+            &kubeconfig,
+            &["queue", "--tenant", &acme]
+        )?),
         queue_rows(&factory(&["queue", "--tenant", &acme])?)
     );
     assert_eq!(
-        factory_as(&kubeconfig, &["usage", "--tenant", &acme])?,
+        kubectl_factory(&kubeconfig, &["usage", "--tenant", &acme])?,
         factory(&["usage", "--tenant", &acme])?
     );
     assert!(
-        factory_as(&kubeconfig, &["why", &first, "-n", &acme])?.contains("It waits in the queue")
+        kubectl_factory(&kubeconfig, &["why", &first, "-n", &acme])?
+            .contains("It waits in the queue")
     );
-    let err = factory_as(&kubeconfig, &["usage"]).unwrap_err().to_string();
+    let err = kubectl_factory(&kubeconfig, &["usage"])
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("not allowed to list tenants: name yours with --tenant"),
         "{err}"

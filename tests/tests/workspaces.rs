@@ -312,6 +312,14 @@ async fn a_session_is_admitted_against_the_quota_and_stopped_at_max_lifetime() -
         sets.get_opt("bob-session").await?.is_none(),
         "a waiting session has no StatefulSet"
     );
+    // `kubectl factory queue` shows the session in its pool's queue.
+    let queue = kubectl_factory(&admin_kubeconfig(), &["queue", "-n", &ns])?;
+    let row = queue
+        .lines()
+        .find(|l| l.contains("workspace/bob"))
+        .unwrap_or_else(|| panic!("bob's session in the queue:\n{queue}"));
+    assert!(row.starts_with(&format!("{pool}   1   {ns}")), "{row}");
+    assert!(row.contains("2 (1x2)") && row.contains("quota"), "{row}");
 
     // At maxLifetime alice's session is stopped: Expired, its StatefulSet gone,
     // and her GPUs go to bob.

@@ -37,7 +37,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Training jobs not running yet, per pool in queue order: position, GPUs,
+    /// Training jobs and sessions not running yet, per pool in queue order: position, GPUs,
     /// time waited, and why each waits. Default: every namespace you may list.
     Queue {
         /// Only this namespace.
@@ -100,13 +100,13 @@ async fn main() -> anyhow::Result<()> {
                 (None, Some(t)) => queue::Scope::Tenant(t),
                 (None, None) => queue::Scope::All,
             };
-            let (jobs, note) = queue::fetch(&client, scope).await?;
+            let (waiting, note) = queue::fetch(&client, scope).await?;
             if let Some(note) = note {
                 eprintln!("{note}");
             }
-            match queue::render(&jobs, now) {
+            match queue::render(&waiting, now) {
                 Some(table) => print!("{table}"),
-                None => eprintln!("No training job is waiting."),
+                None => eprintln!("No training job or session is waiting."),
             }
         }
         Command::Usage { tenant } => {

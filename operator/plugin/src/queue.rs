@@ -1,9 +1,11 @@
-//! `kubectl factory queue`: the training jobs not running yet, per pool in the order
-//! admission will consider them, with how long each has waited and why.
+//! `kubectl factory queue`: the training jobs and interactive sessions not running
+//! yet, per pool in the order admission will consider them, with how long each has
+//! waited and why.
 use crate::format;
 use crate::table::Table;
-use aifactory_api::{Tenant, TrainingJob, TrainingJobPhase};
+use aifactory_api::{Tenant, TrainingJob, TrainingJobPhase, Workspace, WorkspacePhase};
 use jiff::Timestamp;
+use k8s_openapi::serde::de::DeserializeOwned;
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 
@@ -17,29 +19,42 @@ pub enum Scope {
     Tenant(String),
 }
 
-/// The jobs of `scope`, and a note when the scope had to be narrowed.
-pub async fn fetch(
-    client: &Client,
-    scope: Scope,
-) -> anyhow::Result<(Vec<TrainingJob>, Option<String>)> {
+/// What waits: training jobs and workspaces (for their sessions).
+#[derive(Default)]
+pub struct Queue {
+    /// Training jobs in scope.
+    pub jobs: Vec<TrainingJob>,
+    /// Workspaces in scope.
+    pub workspaces: Vec<Workspace>,
+}
+
+/// The jobs and workspaces of `scope`, and a note when the scope had to be narrowed.
+pub async fn fetch(client: &Client, scope: Scope) -> anyhow::Result<(Queue, Option<String>)> {
+    let both = |ns: Option<String>| async move {
+        Ok::<_, kube::Error>(Queue {
+            jobs: list(client, ns.as_deref()).await?,
+            workspaces: list(client, ns.as_deref()).await?,
+        })
+    };
     match scope {
-        Scope::Namespace(ns) => Ok((list(client, Some(&ns)).await?, None)),
+        Scope::Namespace(ns) => Ok((both(Some(ns)).await?, None)),
         Scope::Tenant(name) => {
-            let namespaces = tenant_namespaces(client, &name).await?;
-            let mut jobs = vec![];
-            for ns in &namespaces {
-                jobs.extend(list(client, Some(ns)).await?);
+            let mut queue = Queue::default();
+            for ns in tenant_namespaces(client, &name).await? {
+                let q = both(Some(ns)).await?;
+                queue.jobs.extend(q.jobs);
+                queue.workspaces.extend(q.workspaces);
             }
-            Ok((jobs, None))
+            Ok((queue, None))
         }
-        Scope::All => match list(client, None).await {
-            Ok(jobs) => Ok((jobs, None)),
+        Scope::All => match both(None).await {
+            Ok(queue) => Ok((queue, None)),
             // A tenant's member may list jobs only in the tenant's namespaces.
             Err(kube::Error::Api(e)) if e.code == 403 => {
                 let ns = client.default_namespace().to_string();
-                let jobs = list(client, Some(&ns)).await?;
+                let queue = both(Some(ns.clone())).await?;
                 Ok((
-                    jobs,
+                    queue,
                     Some(format!(
                         "not allowed to list training jobs in all namespaces: showing namespace {ns} (use -n or --tenant)"
                     )),
@@ -50,8 +65,14 @@ pub async fn fetch(
     }
 }
 
-async fn list(client: &Client, ns: Option<&str>) -> Result<Vec<TrainingJob>, kube::Error> {
-    let api: Api<TrainingJob> = match ns {
+async fn list<K>(client: &Client, ns: Option<&str>) -> Result<Vec<K>, kube::Error>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = match ns {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
@@ -90,29 +111,85 @@ fn waiting_since(tj: &TrainingJob) -> Option<Timestamp> {
         .map(|t| t.0)
 }
 
-/// The queue as a table, or `None` when no job waits.
-pub fn render(jobs: &[TrainingJob], now: Timestamp) -> Option<String> {
-    let mut waiting: Vec<&TrainingJob> = jobs.iter().filter(|tj| waiting(tj)).collect();
-    if waiting.is_empty() {
+/// One line of the queue.
+struct Row {
+    pool: String,
+    /// Admitted first, then queue positions, then what the operator has not placed.
+    place: (u8, i32),
+    since: Option<Timestamp>,
+    namespace: String,
+    name: String,
+    phase: String,
+    gpus: String,
+    reason: String,
+}
+
+fn job_row(tj: &TrainingJob) -> Option<Row> {
+    if !waiting(tj) {
         return None;
     }
-    // Per pool: admitted jobs are ahead of the queue, then queue positions, then
-    // jobs the operator has not placed yet, oldest first.
-    let rank = |tj: &TrainingJob| {
-        let s = tj.status.clone().unwrap_or_default();
-        let place = match (s.phase, s.queue_position) {
+    let s = tj.status.clone().unwrap_or_default();
+    let reason = match (s.phase, s.pending_reason) {
+        (_, Some(reason)) => reason,
+        (Some(TrainingJobPhase::Admitted), None) => "admitted: GPUs reserved, pods starting".into(),
+        (None, None) => "not yet seen by the operator".into(),
+        _ => String::new(),
+    };
+    Some(Row {
+        pool: tj.spec.pool.clone(),
+        place: match (s.phase, s.queue_position) {
             (Some(TrainingJobPhase::Admitted), _) => (0, 0),
             (_, Some(p)) => (1, p),
             _ => (2, 0),
-        };
-        (
-            tj.spec.pool.clone(),
-            place,
-            waiting_since(tj),
-            tj.name_any(),
-        )
-    };
-    waiting.sort_by_key(|tj| rank(tj));
+        },
+        since: waiting_since(tj),
+        namespace: tj.namespace().unwrap_or_default(),
+        name: tj.name_any(),
+        phase: s.phase.map_or("New".to_string(), |p| format!("{p:?}")),
+        gpus: format::gang(tj.spec.nodes, tj.spec.gpus_per_node),
+        reason,
+    })
+}
+
+/// A workspace's session waiting for admission, as `workspace/<name>`.
+fn session_row(ws: &Workspace) -> Option<Row> {
+    let interactive = ws.spec.interactive.as_ref()?;
+    let s = ws.status.clone().unwrap_or_default();
+    if s.phase != Some(WorkspacePhase::Queued) {
+        return None;
+    }
+    let since = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Session" && c.status == "False")
+        .map(|c| c.last_transition_time.0)
+        .or(ws.metadata.creation_timestamp.as_ref().map(|t| t.0));
+    Some(Row {
+        pool: interactive.pool.clone(),
+        place: s.queue_position.map_or((2, 0), |p| (1, p)),
+        since,
+        namespace: ws.namespace().unwrap_or_default(),
+        name: format!("workspace/{}", ws.name_any()),
+        phase: "Queued".into(),
+        gpus: format::gang(1, interactive.gpus),
+        reason: s.pending_reason.unwrap_or_default(),
+    })
+}
+
+/// The queue as a table, or `None` when nothing waits.
+pub fn render(queue: &Queue, now: Timestamp) -> Option<String> {
+    let mut rows: Vec<Row> = queue
+        .jobs
+        .iter()
+        .filter_map(job_row)
+        .chain(queue.workspaces.iter().filter_map(session_row))
+        .collect();
+    if rows.is_empty() {
+        return None;
+    }
+    rows.sort_by(|a, b| {
+        (&a.pool, a.place, a.since, &a.name).cmp(&(&b.pool, b.place, b.since, &b.name))
+    });
     let mut table = Table::new(&[
         "POOL",
         "#",
@@ -123,28 +200,22 @@ pub fn render(jobs: &[TrainingJob], now: Timestamp) -> Option<String> {
         "WAITING",
         "REASON",
     ]);
-    for tj in waiting {
-        let s = tj.status.clone().unwrap_or_default();
-        let phase = s.phase.map_or("New".to_string(), |p| format!("{p:?}"));
-        let reason = match (s.phase, s.pending_reason) {
-            (_, Some(reason)) => reason,
-            (Some(TrainingJobPhase::Admitted), None) => {
-                "admitted: GPUs reserved, pods starting".into()
-            }
-            (None, None) => "not yet seen by the operator".into(),
-            _ => String::new(),
-        };
+    for r in rows {
         table.row(vec![
-            tj.spec.pool.clone(),
-            s.queue_position.map_or("-".into(), |p| p.to_string()),
-            tj.namespace().unwrap_or_default(),
-            tj.name_any(),
-            phase,
-            format::gang(tj.spec.nodes, tj.spec.gpus_per_node),
-            waiting_since(tj).map_or("-".into(), |t| {
+            r.pool,
+            if r.place.0 == 1 {
+                r.place.1.to_string()
+            } else {
+                "-".into()
+            },
+            r.namespace,
+            r.name,
+            r.phase,
+            r.gpus,
+            r.since.map_or("-".into(), |t| {
                 format::duration(now.as_second() - t.as_second())
             }),
-            reason,
+            r.reason,
         ]);
     }
     Some(table.render())
@@ -179,7 +250,14 @@ mod tests {
             ),
             job("beta", "fresh", "h100", 1, 4).created("2025-01-07T11:59:30Z"),
         ];
-        let out = render(&jobs, now).unwrap();
+        let out = render(
+            &Queue {
+                jobs,
+                workspaces: vec![],
+            },
+            now,
+        )
+        .unwrap();
         let names: Vec<&str> = out
             .lines()
             .skip(1)
@@ -212,10 +290,57 @@ mod tests {
         let now = Timestamp::now();
         assert_eq!(
             render(
-                &[job("a", "b", "p", 1, 1).phase(TrainingJobPhase::Running)],
+                &Queue {
+                    jobs: vec![job("a", "b", "p", 1, 1).phase(TrainingJobPhase::Running)],
+                    workspaces: vec![],
+                },
                 now
             ),
             None
+        );
+    }
+
+    #[test]
+    fn a_waiting_session_takes_its_place_in_its_pools_queue() {
+        let now: Timestamp = "2025-01-07T12:00:00Z".parse().unwrap();
+        let session = |name: &str, status: serde_json::Value| -> Workspace {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "aifactory.dev/v1alpha1", "kind": "Workspace",
+                "metadata": {"name": name, "namespace": "acme", "creationTimestamp": "2025-01-07T11:50:00Z"},
+                "spec": {"storage": {"home": "1Gi"},
+                         "interactive": {"image": "jupyter", "pool": "h100", "gpus": 2}},
+                "status": status,
+            }))
+            .unwrap()
+        };
+        let queue = Queue {
+            jobs: vec![job("acme", "big", "h100", 2, 8).queued(
+                1,
+                "waiting for 16 H100 GPUs; 8 free",
+                "2025-01-07T11:00:00Z",
+            )],
+            workspaces: vec![
+                session(
+                    "alice",
+                    serde_json::json!({"phase": "Queued", "queuePosition": 2,
+                        "pendingReason": "quota: tenant acme would use 34 of 32 GPUs"}),
+                ),
+                session("bob", serde_json::json!({"phase": "Running"})),
+            ],
+        };
+        let out = render(&queue, now).unwrap();
+        let lines: Vec<&str> = out.lines().skip(1).collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        assert!(lines[0].contains("big"), "{out}");
+        let alice = lines[1];
+        assert!(alice.starts_with("h100   2   acme"), "{alice}");
+        assert!(
+            alice.contains("workspace/alice") && alice.contains("2 (1x2)"),
+            "{alice}"
+        );
+        assert!(
+            alice.contains("10m") && alice.ends_with("would use 34 of 32 GPUs"),
+            "{alice}"
         );
     }
 }
