@@ -291,6 +291,48 @@ fn workspace_health_is_its_ready_condition_and_a_queued_session_progresses() {
             )
         ]
     );
+    let ready = condition("Ready", "True", "VolumesBound", "claims bound");
+    let session = |phase: &str, extra: Value, session: Value| {
+        let mut status = json!({"observedGeneration": 1, "phase": phase,
+            "conditions": [ready.clone(), session]});
+        for (k, v) in extra.as_object().unwrap() {
+            status[k] = v.clone();
+        }
+        workspace(status)
+    };
+    let waiting = session(
+        "Queued",
+        json!({"pendingReason": "quota: tenant acme would use 34 of 32 GPUs"}),
+        condition("Session", "False", "Quota", "quota"),
+    );
+    let starting = session(
+        "Running",
+        json!({"sessionNode": "gpu-7"}),
+        condition("Session", "False", "Starting", "admitted on gpu-7; starting"),
+    );
+    let running = session(
+        "Running",
+        json!({"sessionNode": "gpu-7"}),
+        condition("Session", "True", "Running", "running on gpu-7"),
+    );
+    let expired = session(
+        "Expired",
+        json!({"pendingReason": "the session reached its maxLifetime of 8h"}),
+        condition("Session", "False", "Expired", "expired"),
+    );
+    let statuses: Vec<String> = health("Workspace", &[waiting, starting, running, expired])
+        .into_iter()
+        .map(|(status, message)| format!("{status}: {message}"))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "Progressing: quota: tenant acme would use 34 of 32 GPUs",
+            "Progressing: admitted on gpu-7; starting",
+            "Healthy: running on gpu-7",
+            "Suspended: the session reached its maxLifetime of 8h",
+        ]
+    );
 }
 
 #[test]
