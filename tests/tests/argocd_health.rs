@@ -308,7 +308,12 @@ fn workspace_health_is_its_ready_condition_and_a_queued_session_progresses() {
     let starting = session(
         "Running",
         json!({"sessionNode": "gpu-7"}),
-        condition("Session", "False", "Starting", "admitted on gpu-7; starting"),
+        condition(
+            "Session",
+            "False",
+            "Starting",
+            "admitted on gpu-7; starting",
+        ),
     );
     let running = session(
         "Running",

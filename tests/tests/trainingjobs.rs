@@ -333,6 +333,36 @@ async fn a_four_node_gang_runs_on_four_distinct_nodes_to_success_and_is_accounte
             "no {reason} event: {events:?}"
         );
     }
+
+    // Deleting the finished job does not give its hours back to the budget: they
+    // are settled in the tenant's ledger before the job goes.
+    let jobs = Api::<TrainingJob>::namespaced(f.client.clone(), &acme);
+    jobs.delete("pretrain", &Default::default()).await?;
+    wait_for("pretrain deleted", WAIT, || async {
+        Ok(jobs.get_opt("pretrain").await?.is_none().then_some(()))
+    })
+    .await?;
+    let after = wait_for("the ledger holding pretrain's hours", WAIT, || async {
+        let s = f.tenant_status(&acme).await?;
+        Ok(s.ledger.is_some().then_some(s))
+    })
+    .await?;
+    let ledger = after.ledger.clone().unwrap();
+    assert_eq!(ledger.period, usage.period.clone().unwrap());
+    assert_eq!(ledger.usage[0].pool, f.pool);
+    assert!(
+        (ledger.usage[0].gpu_hours - status.gpu_hours).abs() < 1e-6,
+        "{ledger:?} vs the job's {}",
+        status.gpu_hours
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = f.tenant_status(&acme).await?;
+    assert!(
+        (later.gpu_hours - usage.gpu_hours).abs() < 1e-6,
+        "usage after the delete: {} GPU-hours, before: {}",
+        later.gpu_hours,
+        usage.gpu_hours
+    );
     Ok(())
 }
 

@@ -202,6 +202,8 @@ async fn wait_workspace(
 async fn a_session_is_admitted_against_the_quota_and_stopped_at_max_lifetime() -> anyhow::Result<()>
 {
     let client = setup().await?;
+    // Built before the clock of alice's session starts ticking.
+    kubectl_factory_binary();
     // One 8-GPU node in a pool of its own; the tenant is guaranteed 4 GPUs and may
     // not borrow.
     let group = unique_name("ws-gpu");
@@ -244,7 +246,7 @@ async fn a_session_is_admitted_against_the_quota_and_stopped_at_max_lifetime() -
 
     // Alice's 4-GPU session fits the guarantee: admitted, pinned to the node,
     // reachable through its Service, counted in the tenant's usage.
-    create_workspace(&client, &ns, "alice", session(4, "40s")).await?;
+    create_workspace(&client, &ns, "alice", session(4, "50s")).await?;
     let alice = wait_workspace(&client, &ns, "alice", "session running and ready", |s| {
         s.phase == Some(WorkspacePhase::Running)
             && s.conditions
@@ -331,7 +333,7 @@ async fn a_session_is_admitted_against_the_quota_and_stopped_at_max_lifetime() -
     assert!(
         expired
             .pending_reason
-            .is_some_and(|r| r.contains("maxLifetime of 40s")),
+            .is_some_and(|r| r.contains("maxLifetime of 50s")),
     );
     wait_gone(&sets, "alice-session", "alice's StatefulSet").await?;
     let bob = wait_workspace(&client, &ns, "bob", "admitted after alice", |s| {

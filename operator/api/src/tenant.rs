@@ -222,6 +222,11 @@ pub struct TenantStatus {
     /// Usage per pool.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub usage: Vec<PoolUsage>,
+    /// GPU-hours and energy of this period's work that no longer exists (deleted
+    /// training jobs, ended sessions): part of the usage, so deleting a job does
+    /// not give its hours back to the budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger: Option<UsageLedger>,
     /// `Ready`, `BudgetExhausted`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["type".into()]))]
@@ -243,6 +248,51 @@ pub struct PoolUsage {
     pub energy_kwh: f64,
 }
 
+/// Usage settled for good in one accounting period.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageLedger {
+    /// The accounting period, `YYYY-MM` (UTC); a ledger of an earlier period counts
+    /// for nothing.
+    pub period: String,
+    /// Settled GPU-hours and energy per pool (`gpusInUse` unused).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub usage: Vec<PoolUsage>,
+}
+
+impl UsageLedger {
+    /// This ledger with `gpu_hours` and `energy_kwh` of `pool` added in `period`
+    /// (a ledger of another period starts again from zero).
+    pub fn add(
+        ledger: Option<&UsageLedger>,
+        period: &str,
+        pool: &str,
+        gpu_hours: f64,
+        energy_kwh: f64,
+    ) -> UsageLedger {
+        let mut out = ledger
+            .filter(|l| l.period == period)
+            .cloned()
+            .unwrap_or_else(|| UsageLedger {
+                period: period.to_string(),
+                usage: vec![],
+            });
+        match out.usage.iter_mut().find(|u| u.pool == pool) {
+            Some(u) => {
+                u.gpu_hours += gpu_hours;
+                u.energy_kwh += energy_kwh;
+            }
+            None => out.usage.push(PoolUsage {
+                pool: pool.to_string(),
+                gpus_in_use: 0,
+                gpu_hours,
+                energy_kwh,
+            }),
+        }
+        out
+    }
+}
+
 impl TenantSpec {
     /// The namespaces the tenant should own (`spec.namespaces`, or one named after it).
     pub fn namespaces_or_default(&self, tenant: &str) -> Vec<String> {
@@ -256,5 +306,26 @@ impl TenantSpec {
     /// The quota entry for `pool`, if the tenant may use it.
     pub fn quota_for(&self, pool: &str) -> Option<&PoolQuota> {
         self.quota.iter().find(|q| q.pool == pool)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ledger_adds_per_pool_and_starts_again_each_period() {
+        let l = UsageLedger::add(None, "2026-11", "h100", 2.0, 1.4);
+        let l = UsageLedger::add(Some(&l), "2026-11", "h100", 1.0, 0.7);
+        let l = UsageLedger::add(Some(&l), "2026-11", "a100", 0.5, 0.2);
+        assert_eq!(l.usage.len(), 2);
+        assert_eq!(
+            (l.usage[0].gpu_hours, l.usage[0].energy_kwh),
+            (3.0, 1.4 + 0.7)
+        );
+        let next = UsageLedger::add(Some(&l), "2026-12", "h100", 1.0, 0.7);
+        assert_eq!(next.period, "2026-12");
+        assert_eq!(next.usage.len(), 1);
+        assert_eq!(next.usage[0].gpu_hours, 1.0);
     }
 }

@@ -223,6 +223,25 @@ pub fn job(
     .expect("a valid Job")
 }
 
+/// What a job being deleted at `now` has used this period, GPU-hours and kWh (its
+/// current run counted up to `now`); `None` if nothing.
+pub fn settlement(tj: &TrainingJob, watts: f64, now: &Time) -> Option<(f64, f64)> {
+    let mut st = tj.status.clone()?;
+    if matches!(
+        st.phase,
+        Some(TrainingJobPhase::Running | TrainingJobPhase::Admitted)
+    ) {
+        account(&mut st, &tj.spec, watts, now);
+    }
+    let this_period =
+        |t: &Time| t.0.strftime("%Y-%m").to_string() == now.0.strftime("%Y-%m").to_string();
+    st.accounted_until
+        .as_ref()
+        .filter(|t| this_period(t))
+        .map(|_| (st.gpu_hours, st.energy_kwh))
+        .filter(|(h, e)| *h > 0.0 || *e > 0.0)
+}
+
 /// Adds the GPU-hours and energy of the current run up to `until` and marks them
 /// counted. Nothing is counted before the run started (all pods running).
 pub fn account(status: &mut TrainingJobStatus, spec: &TrainingJobSpec, watts: f64, until: &Time) {
@@ -1081,5 +1100,40 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
         assert_eq!(parse_duration("3d"), None);
         assert_eq!(parse_duration(""), None);
+    }
+
+    #[test]
+    fn a_deleted_job_settles_this_months_hours_including_its_running_run() {
+        let tj = |status: serde_json::Value| -> TrainingJob {
+            serde_json::from_value(json!({
+                "apiVersion": "aifactory.dev/v1alpha1", "kind": "TrainingJob",
+                "metadata": {"name": "j", "namespace": "acme"},
+                "spec": {"pool": "h100", "nodes": 2, "gpusPerNode": 8, "image": "x"},
+                "status": status,
+            }))
+            .unwrap()
+        };
+        let now = Time("2026-11-20T12:00:00Z".parse().unwrap());
+        let done = tj(
+            json!({"phase": "Succeeded", "gpuHours": 16.0, "energyKWh": 11.2,
+                             "accountedUntil": "2026-11-20T11:00:00Z"}),
+        );
+        assert_eq!(settlement(&done, 700.0, &now), Some((16.0, 11.2)));
+        let last_month = tj(json!({"phase": "Succeeded", "gpuHours": 16.0,
+                                   "accountedUntil": "2026-10-31T11:00:00Z"}));
+        assert_eq!(settlement(&last_month, 700.0, &now), None);
+        assert_eq!(
+            settlement(&tj(json!({"phase": "Queued"})), 700.0, &now),
+            None
+        );
+        // Running for an hour, counted up to 11:30: the last half hour is added.
+        let running = tj(
+            json!({"phase": "Running", "gpuHours": 8.0, "energyKWh": 5.6,
+                                "startedAt": "2026-11-20T11:00:00Z",
+                                "accountedUntil": "2026-11-20T11:30:00Z",
+                                "placement": {"nodes": ["a", "b"]}}),
+        );
+        let (hours, _) = settlement(&running, 700.0, &now).unwrap();
+        assert!((hours - 16.0).abs() < 1e-9, "{hours}");
     }
 }

@@ -15,7 +15,7 @@ pub mod snapshot;
 
 use crate::apply::apply;
 use crate::context::{Context, on_error};
-use crate::controllers::pods;
+use crate::controllers::{ledger, pods};
 use crate::error::{Error, Result};
 use aifactory_api::{GpuPool, POOL_LABEL, Tenant, TrainingJob, TrainingJobStatus};
 use build::{JobAction, Observed, TRAININGJOB_LABEL};
@@ -26,6 +26,7 @@ use k8s_openapi::api::scheduling::v1::PriorityClass;
 use kube::api::{Api, DeleteParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config, Controller};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -36,10 +37,13 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 const CONTROLLER: &str = "trainingjob";
+/// Settles a deleted job's usage in its tenant's ledger before it goes.
+pub const USAGE_FINALIZER: &str = "aifactory.dev/usage";
 
 struct JobCtx {
     ctx: Arc<Context>,
     pools: Store<GpuPool>,
+    tenants: Store<Tenant>,
     /// Wakes the admission pass.
     changed: Arc<Notify>,
 }
@@ -73,8 +77,45 @@ async fn reconcile(tj: Arc<TrainingJob>, c: Arc<JobCtx>) -> Result<Action> {
     let ns = tj
         .namespace()
         .ok_or_else(|| Error::InvalidSpec("a TrainingJob without a namespace".into()))?;
-    let name = tj.name_any();
     let api: Api<TrainingJob> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, USAGE_FINALIZER, tj, |event| async {
+        match event {
+            Finalizer::Apply(tj) => run_job(&tj, &api, &c).await,
+            Finalizer::Cleanup(tj) => settle(&tj, &c).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// A deleted job's GPU-hours and energy this period go to its tenant's ledger
+/// before it goes, so deleting a job does not give its hours back to the budget.
+async fn settle(tj: &TrainingJob, c: &JobCtx) -> Result<Action> {
+    let pool = c.pools.get(&ObjectRef::new(&tj.spec.pool));
+    let watts = pool.map_or(0.0, |p| f64::from(p.spec.gpu.power_watts));
+    let now = build::now();
+    if let Some((hours, kwh)) = build::settlement(tj, watts, &now)
+        && let Some(tenant) =
+            snapshot::tenant_of(&c.tenants.state(), &tj.namespace().unwrap_or_default())
+    {
+        ledger::settle(
+            &c.ctx.client,
+            &tenant.name_any(),
+            &tj.spec.pool,
+            hours,
+            kwh,
+            now.0,
+        )
+        .await?;
+    }
+    Ok(Action::await_change())
+}
+
+/// Runs what admission decided for the job.
+async fn run_job(tj: &TrainingJob, api: &Api<TrainingJob>, c: &JobCtx) -> Result<Action> {
+    let ctx = &c.ctx;
+    let ns = tj.namespace().unwrap_or_default();
+    let name = tj.name_any();
     // Act on the freshest status: the cache may not show the admission pass's
     // latest decision yet (a preempted job must not get its Job back).
     let Some(tj) = api.get_opt(&name).await? else {
@@ -83,6 +124,7 @@ async fn reconcile(tj: Arc<TrainingJob>, c: Arc<JobCtx>) -> Result<Action> {
     if tj.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
+    let api = api.clone();
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     let job = jobs.get_opt(&name).await?;
     if let Some(j) = &job
@@ -260,13 +302,14 @@ pub async fn run(
     let caches = pass::Caches {
         jobs: controller.store(),
         pools: pools.clone(),
-        tenants,
+        tenants: tenants.clone(),
         nodes: node_reader,
         pods,
         priority_classes: classes,
         datasets,
         workspaces,
     };
+    let tenant_store = tenants;
     let admission = pass::run(ctx.clone(), caches, changed.clone(), shutdown.clone());
     let reconciler = controller
         .graceful_shutdown_on(shutdown)
@@ -278,6 +321,7 @@ pub async fn run(
             Arc::new(JobCtx {
                 ctx,
                 pools,
+                tenants: tenant_store,
                 changed,
             }),
         )

@@ -156,6 +156,26 @@ pub fn usage(
             entry.energy_kwh += status.energy_kwh;
         }
     }
+    // Work that no longer exists but was used this period.
+    for tenant in tenants {
+        let Some(ledger) = tenant.status.as_ref().and_then(|s| s.ledger.as_ref()) else {
+            continue;
+        };
+        if ledger.period != this_period {
+            continue;
+        }
+        let pools = out.entry(tenant.name_any()).or_default();
+        for settled in &ledger.usage {
+            let entry = pools
+                .entry(settled.pool.clone())
+                .or_insert_with(|| PoolUsage {
+                    pool: settled.pool.clone(),
+                    ..Default::default()
+                });
+            entry.gpu_hours += settled.gpu_hours;
+            entry.energy_kwh += settled.energy_kwh;
+        }
+    }
     for ws in workspaces.iter().filter(|w| session::holds_gpus(w)) {
         let Some(tenant) = tenant_of(tenants, &ws.namespace().unwrap_or_default()) else {
             continue;
@@ -961,6 +981,40 @@ mod tests {
             (16, 60.0, 42.0)
         );
         assert_eq!(s.factory.tenants[0].budget_gpu_hours_left, Some(40.0));
+
+        // Deleted jobs' hours in this month's ledger count; last month's do not.
+        let mut settled = (*acme).clone();
+        settled.status.as_mut().unwrap().ledger = Some(aifactory_api::UsageLedger {
+            period: "2026-01".into(),
+            usage: vec![PoolUsage {
+                pool: "h100".into(),
+                gpus_in_use: 0,
+                gpu_hours: 30.0,
+                energy_kwh: 21.0,
+            }],
+        });
+        let with_ledger = usage(
+            &[],
+            &[],
+            &[Arc::new(settled.clone())],
+            jiff::Timestamp::from_second(NOW).unwrap(),
+        );
+        assert_eq!(with_ledger["acme"][0].gpu_hours, 30.0);
+        settled
+            .status
+            .as_mut()
+            .unwrap()
+            .ledger
+            .as_mut()
+            .unwrap()
+            .period = "2025-12".into();
+        let stale = usage(
+            &[],
+            &[],
+            &[Arc::new(settled)],
+            jiff::Timestamp::from_second(NOW).unwrap(),
+        );
+        assert!(stale["acme"].is_empty());
         let status = tenant_usage_status(
             &acme,
             u,
