@@ -129,6 +129,19 @@ fn the_chart_renders_two_leader_elected_restricted_replicas() -> Result<()> {
             "--lease-name=aifactory-operator"
         ]
     );
+    // The image hack/image.sh builds, tagged with the chart's appVersion (which
+    // tests/tests/image.rs holds to the operator's version).
+    let chart: Value = serde_yaml::from_str(&std::fs::read_to_string(
+        repo_root().join("charts/aifactory/Chart.yaml"),
+    )?)?;
+    assert_eq!(
+        container["image"],
+        format!(
+            "ghcr.io/aifactory/aifactory:{}",
+            chart["appVersion"].as_str().unwrap()
+        )
+    );
+    assert_eq!(container["imagePullPolicy"], "IfNotPresent");
     assert_eq!(
         container["env"][0],
         json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
