@@ -1,5 +1,5 @@
 # aifactory: the two commands of the README, and the pieces they are made of.
-.PHONY: demo test factory-up factory-down tools crds bench
+.PHONY: demo test factory-up factory-down tools crds bench image
 
 ## demo: build what is needed, start the local factory, install the CRDs, apply examples/, show the result
 demo:
@@ -28,3 +28,7 @@ bench:
 ## crds: regenerate crds/ and the chart's copy (charts/aifactory/crds/) from the Rust types
 crds:
 	cargo run --bin crdgen -- crds charts/aifactory/crds
+
+## image: the operator image, built without Docker: target/image/aifactory-<version>.tar
+image:
+	hack/image.sh
