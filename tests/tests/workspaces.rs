@@ -246,7 +246,7 @@ async fn a_session_is_admitted_against_the_quota_and_stopped_at_max_lifetime() -
 
     // Alice's 4-GPU session fits the guarantee: admitted, pinned to the node,
     // reachable through its Service, counted in the tenant's usage.
-    create_workspace(&client, &ns, "alice", session(4, "50s")).await?;
+    create_workspace(&client, &ns, "alice", session(4, "70s")).await?;
     let alice = wait_workspace(&client, &ns, "alice", "session running and ready", |s| {
         s.phase == Some(WorkspacePhase::Running)
             && s.conditions
@@ -333,9 +333,22 @@ async fn a_session_is_admitted_against_the_quota_and_stopped_at_max_lifetime() -
     assert!(
         expired
             .pending_reason
-            .is_some_and(|r| r.contains("maxLifetime of 50s")),
+            .is_some_and(|r| r.contains("maxLifetime of 70s")),
     );
     wait_gone(&sets, "alice-session", "alice's StatefulSet").await?;
+    // Her 4 GPUs for a whole minute are settled in the tenant's ledger: the
+    // session's hours count against the budget after it ends.
+    let ledger = wait_for("alice's GPU-hours in the ledger", WAIT, || {
+        let tenants = tenants.clone();
+        let ns = ns.clone();
+        async move { Ok(tenants.get(&ns).await?.status.and_then(|s| s.ledger)) }
+    })
+    .await?;
+    assert_eq!(ledger.usage[0].pool, pool);
+    assert!(
+        (ledger.usage[0].gpu_hours - 4.0 / 60.0).abs() < 1e-6,
+        "4 GPUs × 1 whole minute: {ledger:?}"
+    );
     let bob = wait_workspace(&client, &ns, "bob", "admitted after alice", |s| {
         s.phase == Some(WorkspacePhase::Running)
     })

@@ -143,6 +143,12 @@ pub struct WorkspaceStatus {
     /// The node admission gave the session (its GPUs are held there while it runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_node: Option<String>,
+    /// The pool the running session was admitted to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_pool: Option<String>,
+    /// The GPUs the running session was admitted with (and holds until it stops).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_gpus: Option<i32>,
     /// Place of the waiting session in its pool's queue (1 = next).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_position: Option<i32>,

@@ -242,7 +242,8 @@ async fn pass(ctx: &Context, caches: &Caches) -> Vec<Written> {
                         evicted_all = false;
                         continue;
                     };
-                    let r = preempt(ctx, victim, eviction, watts(&victim), &now).await;
+                    let r =
+                        preempt(ctx, victim, eviction, watts(&victim), &now, &caches.tenants).await;
                     if r.is_ok() {
                         let labels = TenantPoolLabels {
                             tenant: eviction.tenant.clone(),
@@ -462,6 +463,7 @@ async fn preempt(
     eviction: &Eviction,
     watts: f64,
     now: &Time,
+    tenants: &Store<Tenant>,
 ) -> Result<bool> {
     let reason = eviction.reason.to_string();
     // The decision is recorded first: if deleting the Job (or StatefulSet) fails,
@@ -478,6 +480,9 @@ async fn preempt(
         Work::Session(ws) => {
             let status = session::preempted_status(ws, &reason, now);
             let wrote = write_status_of(&ws_api(ctx, ws), ws, ws.status.as_ref(), &status).await?;
+            if wrote {
+                crate::controllers::workspace::settle_session(ctx, ws, tenants).await?;
+            }
             let sets: Api<StatefulSet> =
                 Api::namespaced(ctx.client.clone(), &ws.namespace().unwrap_or_default());
             match sets

@@ -119,6 +119,7 @@ pub fn usage(
     jobs: &[Arc<TrainingJob>],
     workspaces: &[Arc<Workspace>],
     tenants: &[Arc<Tenant>],
+    pools: &[Arc<GpuPool>],
     now: jiff::Timestamp,
 ) -> BTreeMap<String, Vec<PoolUsage>> {
     let this_period = period(now);
@@ -176,21 +177,30 @@ pub fn usage(
             entry.energy_kwh += settled.energy_kwh;
         }
     }
-    for ws in workspaces.iter().filter(|w| session::holds_gpus(w)) {
+    for ws in workspaces {
+        let Some((pool, gpus, _)) = session::held(ws) else {
+            continue;
+        };
         let Some(tenant) = tenant_of(tenants, &ws.namespace().unwrap_or_default()) else {
             continue;
         };
-        let Some(interactive) = &ws.spec.interactive else {
-            continue;
-        };
-        out.entry(tenant.name_any())
+        let watts = pools
+            .iter()
+            .find(|p| p.name_any() == pool)
+            .map_or(0.0, |p| f64::from(p.spec.gpu.power_watts));
+        let entry = out
+            .entry(tenant.name_any())
             .or_default()
-            .entry(interactive.pool.clone())
+            .entry(pool.clone())
             .or_insert_with(|| PoolUsage {
-                pool: interactive.pool.clone(),
+                pool: pool.clone(),
                 ..Default::default()
-            })
-            .gpus_in_use += i64::from(interactive.gpus.max(0));
+            });
+        entry.gpus_in_use += i64::from(gpus);
+        if let Some((_, hours, kwh)) = session::used(ws, watts, now) {
+            entry.gpu_hours += hours;
+            entry.energy_kwh += kwh;
+        }
     }
     out.into_iter()
         .map(|(tenant, pools)| {
@@ -217,7 +227,13 @@ fn total_hours(usage: &[PoolUsage]) -> f64 {
 
 /// The factory as the engine sees it, and the jobs it is not asked about.
 pub fn snapshot(caches: &Caches, now: jiff::Timestamp) -> Snapshot {
-    let usage = usage(caches.jobs, caches.workspaces, caches.tenants, now);
+    let usage = usage(
+        caches.jobs,
+        caches.workspaces,
+        caches.tenants,
+        caches.pools,
+        now,
+    );
     let priorities: HashMap<String, i32> = caches
         .priority_classes
         .iter()
@@ -255,8 +271,8 @@ pub fn snapshot(caches: &Caches, now: jiff::Timestamp) -> Snapshot {
     }
 
     let mut running_sessions = HashSet::new();
-    for ws in caches.workspaces.iter().filter(|w| session::holds_gpus(w)) {
-        let (Some(status), Some(interactive)) = (&ws.status, &ws.spec.interactive) else {
+    for ws in caches.workspaces.iter() {
+        let Some((pool, gpus, node)) = session::held(ws) else {
             continue;
         };
         let ns = ws.namespace().unwrap_or_default();
@@ -266,11 +282,15 @@ pub fn snapshot(caches: &Caches, now: jiff::Timestamp) -> Snapshot {
             tenant: tenant_of(caches.tenants, &ns)
                 .map(|t| t.name_any())
                 .unwrap_or_default(),
-            pool: interactive.pool.clone(),
-            gpus_per_node: interactive.gpus.max(0) as u32,
-            placement: status.session_node.iter().cloned().collect(),
+            pool,
+            gpus_per_node: gpus as u32,
+            placement: vec![node],
             priority: 0,
-            admitted_at: seconds(status.session_started_at.as_ref()),
+            admitted_at: seconds(
+                ws.status
+                    .as_ref()
+                    .and_then(|s| s.session_started_at.as_ref()),
+            ),
         });
     }
 
@@ -997,6 +1017,7 @@ mod tests {
             &[],
             &[],
             &[Arc::new(settled.clone())],
+            &[],
             jiff::Timestamp::from_second(NOW).unwrap(),
         );
         assert_eq!(with_ledger["acme"][0].gpu_hours, 30.0);
@@ -1012,6 +1033,7 @@ mod tests {
             &[],
             &[],
             &[Arc::new(settled)],
+            &[],
             jiff::Timestamp::from_second(NOW).unwrap(),
         );
         assert!(stale["acme"].is_empty());

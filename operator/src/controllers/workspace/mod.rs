@@ -20,6 +20,7 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service};
 use kube::api::{Api, DeleteParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config, Controller};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -27,6 +28,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const CONTROLLER: &str = "workspace";
+/// Settles a running session's usage in its tenant's ledger before the
+/// workspace goes.
+pub const USAGE_FINALIZER: &str = "aifactory.dev/usage";
 
 struct WorkspaceCtx {
     ctx: Arc<Context>,
@@ -36,11 +40,53 @@ struct WorkspaceCtx {
 
 #[tracing::instrument(skip_all, fields(workspace = %ws.name_any(), namespace = ws.namespace().unwrap_or_default()))]
 async fn reconcile(ws: Arc<Workspace>, c: Arc<WorkspaceCtx>) -> Result<Action> {
-    match provision(&ws, &c).await {
+    let ns = ws.namespace().unwrap_or_default();
+    let api: Api<Workspace> = Api::namespaced(c.ctx.client.clone(), &ns);
+    let outcome = finalizer(&api, USAGE_FINALIZER, ws, |event| async {
+        match event {
+            Finalizer::Apply(ws) => provision(&ws, &c).await,
+            // A workspace deleted with its session running: the session's hours
+            // go to the ledger (the StatefulSet goes with the workspace).
+            Finalizer::Cleanup(ws) => {
+                settle_session(&c.ctx, &ws, &c.tenants).await?;
+                Ok(Action::await_change())
+            }
+        }
+    })
+    .await;
+    match outcome {
+        Ok(action) => Ok(action),
         // The workspace is about to go with its namespace: nothing to retry.
-        Err(e) if namespace_terminating(&e) => Ok(Action::await_change()),
-        outcome => outcome,
+        Err(kube::runtime::finalizer::Error::ApplyFailed(e)) if namespace_terminating(&e) => {
+            Ok(Action::await_change())
+        }
+        Err(e) => Err(Error::Finalizer(Box::new(e))),
     }
+}
+
+/// Adds what the session has used this period to its tenant's ledger, if it
+/// holds GPUs (called once its stop is recorded, or as its workspace goes).
+pub async fn settle_session(ctx: &Context, ws: &Workspace, tenants: &Store<Tenant>) -> Result<()> {
+    let Some((pool, _, _)) = session::held(ws) else {
+        return Ok(());
+    };
+    let watts = Api::<GpuPool>::all(ctx.client.clone())
+        .get_opt(&pool)
+        .await?
+        .map_or(0.0, |p| f64::from(p.spec.gpu.power_watts));
+    let now = jiff::Timestamp::now();
+    let Some((pool, hours, kwh)) = session::used(ws, watts, now) else {
+        return Ok(());
+    };
+    let tenants = tenants.state();
+    let Some(tenant) = crate::controllers::trainingjob::snapshot::tenant_of(
+        &tenants,
+        &ws.namespace().unwrap_or_default(),
+    ) else {
+        return Ok(());
+    };
+    crate::controllers::ledger::settle(&ctx.client, &tenant.name_any(), &pool, hours, kwh, now)
+        .await
 }
 
 async fn provision(ws: &Workspace, c: &WorkspaceCtx) -> Result<Action> {
@@ -139,18 +185,8 @@ async fn provision(ws: &Workspace, c: &WorkspaceCtx) -> Result<Action> {
         pool = Api::<GpuPool>::all(ctx.client.clone())
             .get_opt(&interactive.pool)
             .await?;
-        let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
-        let live = sets.get_opt(&session::session_name(ws)).await?;
-        match (&pool, &live) {
-            (None, _) => {
-                plan = session::Plan::Stop(format!("pool {} no longer exists", interactive.pool))
-            }
-            (Some(p), Some(live)) => {
-                if let Some(why) = session::reshaped(ws, live, p) {
-                    plan = session::Plan::Stop(why);
-                }
-            }
-            (Some(_), None) => {}
+        if pool.is_none() {
+            plan = session::Plan::Stop(format!("pool {} no longer exists", interactive.pool));
         }
     }
     let ready = run_session(ctx, ws, &ns, &plan, pool.as_ref()).await?;
@@ -183,13 +219,18 @@ async fn provision(ws: &Workspace, c: &WorkspaceCtx) -> Result<Action> {
         };
         ctx.event(ws, false, reason, c.message.clone()).await;
     }
-    crate::controllers::write_status_of(
+    let wrote = crate::controllers::write_status_of(
         &Api::<Workspace>::namespaced(ctx.client.clone(), &ns),
         ws,
         ws.status.as_ref(),
         &status,
     )
     .await?;
+    // The stop is recorded: what the session used goes to the ledger (after the
+    // write, so a conflicting write that is retried does not count it twice).
+    if wrote && matches!(plan, session::Plan::Expire | session::Plan::Stop(_)) {
+        settle_session(ctx, ws, &c.tenants).await?;
+    }
     let backstop = match status.phase {
         // Claim binding is watched; a minute is a backstop.
         Some(WorkspacePhase::Pending) => Duration::from_secs(60),

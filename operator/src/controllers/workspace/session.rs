@@ -53,9 +53,43 @@ fn pod_labels(ws: &Workspace) -> Value {
     json!({WORKSPACE_LABEL: bounded_name(&ws.name_any(), 63), SESSION_LABEL: "true"})
 }
 
-/// Whether the session holds GPUs: admission gave it a node and it was not stopped.
+/// Whether the session holds GPUs: admission gave it a node and it was not
+/// stopped (even if the spec no longer asks for it: until it is stopped).
 pub fn holds_gpus(ws: &Workspace) -> bool {
-    ws.spec.interactive.is_some() && ws.status.as_ref().is_some_and(|s| s.session_node.is_some())
+    held(ws).is_some()
+}
+
+/// What the running session holds: (pool, GPUs, node), as admitted (the spec's
+/// pool and GPUs for a status written before they were recorded).
+pub fn held(ws: &Workspace) -> Option<(String, i32, String)> {
+    let st = ws.status.as_ref()?;
+    let node = st.session_node.clone()?;
+    let interactive = ws.spec.interactive.as_ref();
+    let pool = st
+        .session_pool
+        .clone()
+        .or_else(|| interactive.map(|i| i.pool.clone()))?;
+    let gpus = st.session_gpus.or_else(|| interactive.map(|i| i.gpus))?;
+    Some((pool, gpus.max(0), node))
+}
+
+/// GPU-hours and kWh the running session has used in the accounting period of
+/// `now` (whole minutes, so usage changes once a minute, not every pass), with
+/// its pool; `None` when it holds nothing.
+pub fn used(ws: &Workspace, watts: f64, now: jiff::Timestamp) -> Option<(String, f64, f64)> {
+    let (pool, gpus, _) = held(ws)?;
+    let started = ws.status.as_ref()?.session_started_at.as_ref()?.0;
+    let period_start = now
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .first_of_month()
+        .ok()?
+        .start_of_day()
+        .ok()?
+        .timestamp();
+    let from = started.max(period_start);
+    let minutes = (now.as_second() - from.as_second()).max(0) / 60;
+    let hours = f64::from(gpus) * minutes as f64 / 60.0;
+    Some((pool, hours, hours * watts / 1000.0))
 }
 
 /// Whether the session waits for admission: asked for, volumes ready (the
@@ -146,6 +180,8 @@ pub fn admitted_status(
     let node = admission.placement.first().cloned().unwrap_or_default();
     st.phase = Some(WorkspacePhase::Running);
     st.session_node = Some(node.clone());
+    st.session_pool = ws.spec.interactive.as_ref().map(|i| i.pool.clone());
+    st.session_gpus = ws.spec.interactive.as_ref().map(|i| i.gpus);
     st.session_started_at = Some(now.clone());
     st.queue_position = None;
     st.pending_reason = None;
@@ -182,6 +218,8 @@ pub fn preempted_status(ws: &Workspace, reason: &str, now: &Time) -> WorkspaceSt
     let mut st = ws.status.clone().unwrap_or_default();
     st.phase = Some(WorkspacePhase::Queued);
     st.session_node = None;
+    st.session_pool = None;
+    st.session_gpus = None;
     st.session_started_at = None;
     st.endpoint = None;
     st.queue_position = None;
@@ -226,6 +264,9 @@ pub fn plan(ws: &Workspace, failed: Option<&str>, now: jiff::Timestamp) -> Plan 
         if let Some(why) = failed {
             return Plan::Stop(format!("the workspace failed: {why}"));
         }
+        if let Some(why) = reshaped(ws) {
+            return Plan::Stop(why);
+        }
         // The pass sets both together and the CRD validates the lifetime, so an
         // end that cannot be computed only comes from a hand-edited status.
         let end = st.session_started_at.as_ref().and_then(|s| stops_at(ws, s));
@@ -266,6 +307,8 @@ pub fn status(
         Plan::Run { node } => {
             st.phase = Some(WorkspacePhase::Running);
             st.session_node = Some(node.clone());
+            st.session_pool = previous.session_pool.clone();
+            st.session_gpus = previous.session_gpus;
             st.session_started_at = previous.session_started_at.clone();
             st.endpoint = Some(endpoint(ws));
             let stops = previous
@@ -343,26 +386,16 @@ pub fn status(
     st
 }
 
-/// Why the running StatefulSet no longer matches what was admitted, if it does
-/// not: the spec's pool or GPU count changed since admission (an image or port
-/// change is rolled out in place; a new shape must queue again).
-pub fn reshaped(ws: &Workspace, live: &StatefulSet, pool: &GpuPool) -> Option<String> {
+/// Why the running session no longer matches what was admitted, if it does not:
+/// the spec's pool or GPU count changed since admission (an image or port change
+/// is rolled out in place; a new shape must queue again).
+pub fn reshaped(ws: &Workspace) -> Option<String> {
     let interactive = ws.spec.interactive.as_ref()?;
-    let pod = live.spec.as_ref()?.template.spec.as_ref()?;
-    let live_pool = pod.node_selector.as_ref()?.get(aifactory_api::POOL_LABEL)?;
-    let live_gpus = pod
-        .containers
-        .first()?
-        .resources
-        .as_ref()?
-        .limits
-        .as_ref()?
-        .get(&pool.spec.gpu.resource_name)?;
-    let gpus = interactive.gpus.to_string();
-    (live_pool != &interactive.pool || live_gpus.0 != gpus).then(|| {
+    let (pool, gpus, _) = held(ws)?;
+    (pool != interactive.pool || gpus != interactive.gpus).then(|| {
         format!(
-            "the session was admitted for {} GPUs in pool {live_pool} and now asks for {gpus} in pool {}: it queues again",
-            live_gpus.0, interactive.pool
+            "the session was admitted for {gpus} GPUs in pool {pool} and now asks for {} in pool {}: it queues again",
+            interactive.gpus, interactive.pool
         )
     })
 }
@@ -598,18 +631,54 @@ mod tests {
 
     #[test]
     fn a_new_pool_or_gpu_count_requeues_a_running_session_but_a_new_image_does_not() {
-        let ws = workspace(session(), json!({}));
-        let live = statefulset(&ws, &pool(), "gpu-7");
-        assert_eq!(reshaped(&ws, &live, &pool()), None);
+        let ws = workspace(
+            session(),
+            json!({"phase": "Running", "sessionNode": "gpu-7", "sessionPool": "h100", "sessionGpus": 2,
+                   "sessionStartedAt": "2026-01-01T10:00:00Z"}),
+        );
+        let now = "2026-01-01T10:30:00Z".parse().unwrap();
+        assert_eq!(
+            plan(&ws, None, now),
+            Plan::Run {
+                node: "gpu-7".into()
+            }
+        );
         let mut image = ws.clone();
         image.spec.interactive.as_mut().unwrap().image = "jupyter:2".into();
-        assert_eq!(reshaped(&image, &live, &pool()), None);
+        assert_eq!(reshaped(&image), None);
         let mut bigger = ws.clone();
         bigger.spec.interactive.as_mut().unwrap().gpus = 4;
-        let why = reshaped(&bigger, &live, &pool()).unwrap();
+        let Plan::Stop(why) = plan(&bigger, None, now) else {
+            panic!("a new GPU count stops the session");
+        };
         assert!(
             why.contains("admitted for 2 GPUs in pool h100 and now asks for 4"),
             "{why}"
+        );
+        // Until it is stopped, it holds what it was admitted with.
+        assert_eq!(held(&bigger), Some(("h100".into(), 2, "gpu-7".into())));
+    }
+
+    #[test]
+    fn a_session_uses_its_gpus_in_whole_minutes_from_the_start_of_the_period() {
+        let ws = workspace(
+            session(),
+            json!({"sessionNode": "gpu-7", "sessionPool": "h100", "sessionGpus": 2,
+                   "sessionStartedAt": "2026-01-31T23:00:00Z"}),
+        );
+        let (pool, hours, kwh) = used(&ws, 700.0, "2026-01-31T23:30:59Z".parse().unwrap()).unwrap();
+        assert_eq!((pool.as_str(), hours), ("h100", 1.0));
+        assert!((kwh - 0.7).abs() < 1e-9);
+        // A new month counts from its first second.
+        let (_, hours, _) = used(&ws, 700.0, "2026-02-01T00:15:00Z".parse().unwrap()).unwrap();
+        assert_eq!(hours, 0.5);
+        assert_eq!(
+            used(
+                &workspace(session(), json!({})),
+                700.0,
+                jiff::Timestamp::UNIX_EPOCH
+            ),
+            None
         );
     }
 
