@@ -7,6 +7,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use aifactory_simulate::{Options, Simulation, factory, generate, report, trace};
+
+/// Much faster than glibc malloc for the engine's allocation pattern (see
+/// Cargo.toml).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
