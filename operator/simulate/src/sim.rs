@@ -7,9 +7,11 @@
 //! a pass could only repeat the last one's refusals. `--tick 0` runs a pass at the
 //! exact time of every event instead.
 //!
-//! At each pass the simulator hands the engine the whole factory — pools with their
-//! nodes, every running job with its placement, every queued job, and each tenant's
-//! GPU-hours so far this period (for fair share) and budget left — then applies the
+//! The pools with their nodes are handed once to an `admission::Engine`, which keeps
+//! their layout between passes. At each pass the simulator hands it the rest of the
+//! factory — every running job with its placement, every queued job, and each
+//! tenant's GPU-hours so far this period (for fair share) and budget left — and
+//! decides exactly as `admit` would on the whole factory; it then applies the
 //! decisions in order, as the controller does: evicted jobs lose their run (they
 //! restart from scratch, the GPU-hours are counted as lost) and go back to the
 //! queue; admitted jobs start on their placement and finish `duration` later. After
