@@ -37,6 +37,15 @@ case ${1:-} in
     kubectl apply --server-side -f "$root/charts/aifactory/templates/clusterrole.yaml" >/dev/null
     kubectl create clusterrolebinding aifactory-operator --clusterrole aifactory-operator --user aifactory-operator \
       --dry-run=client -o yaml | kubectl apply --server-side -f - >/dev/null
+    # The chart's usage guard, with this operator's user allowed to remove the
+    # usage finalizer (tenants may not): as a cluster with the chart installed runs.
+    if [ -x "$HELM_BIN_DIR/helm" ]; then
+      "$HELM_BIN_DIR/helm" template aifactory "$root/charts/aifactory" --namespace default \
+        --show-only templates/usage-guard.yaml --set 'usageGuard.operatorUsers={aifactory-operator}' \
+        | kubectl apply --server-side -f - >/dev/null
+    else
+      echo "helm not built ($HELM_BIN_DIR): the usage guard is not installed" >&2
+    fi
     kubeconfig=$("$root/hack/factory-user.sh" aifactory-operator | tail -n 1)
     mkdir -p "$state/logs"
     # 9>&-: the operator must not inherit (and so hold forever) the lock.

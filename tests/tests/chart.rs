@@ -188,6 +188,20 @@ fn the_chart_renders_two_leader_elected_restricted_replicas() -> Result<()> {
         one(&objects, "Service")["spec"]["ports"][0]["name"],
         "http-metrics"
     );
+    // The usage guard lets only the release's ServiceAccount (and cluster admins)
+    // remove the usage finalizer.
+    let guard = one(&objects, "ValidatingAdmissionPolicy");
+    let who = guard["spec"]["matchConditions"][1]["expression"]
+        .as_str()
+        .unwrap();
+    assert!(
+        who.contains(r#"["system:serviceaccount:factory-system:aifactory"]"#),
+        "{who}"
+    );
+    assert_eq!(
+        one(&objects, "ValidatingAdmissionPolicyBinding")["spec"]["policyName"],
+        guard["metadata"]["name"]
+    );
     // Optional parts are off by default.
     assert!(find(&objects, "ServiceMonitor").is_empty());
     assert!(find(&objects, "ConfigMap").is_empty());
@@ -287,10 +301,17 @@ async fn the_api_server_accepts_every_object_the_chart_renders() -> Result<()> {
     );
 
     // 2. For real, all but the cluster-wide objects shared with the running
-    // factory (the CRDs, the operator's ClusterRole): a test must not own them.
+    // factory (the CRDs, the operator's ClusterRole, the usage guard, which
+    // hack/operator.sh installs for the running operator): a test must not own them.
+    let shared = [
+        "CustomResourceDefinition",
+        "ClusterRole",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ];
     let ours: Vec<&Value> = objects
         .iter()
-        .filter(|o| o["kind"] != "CustomResourceDefinition" && o["kind"] != "ClusterRole")
+        .filter(|o| !shared.contains(&o["kind"].as_str().unwrap_or_default()))
         .collect();
     let manifest = write_manifest(&ours, "chart-release")?;
     let path = manifest.to_str().unwrap();

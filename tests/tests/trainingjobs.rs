@@ -334,6 +334,23 @@ async fn a_four_node_gang_runs_on_four_distinct_nodes_to_success_and_is_accounte
         );
     }
 
+    // The tenant cannot strip the usage finalizer to escape the ledger: the
+    // chart's usage guard (a ValidatingAdmissionPolicy) refuses it.
+    let owner = impersonate(&format!("{acme}-owner"), &["system:authenticated"]).await?;
+    let err = Api::<TrainingJob>::namespaced(owner, &acme)
+        .patch(
+            "pretrain",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .expect_err("a tenant removing the usage finalizer");
+    assert!(
+        err.to_string()
+            .contains("only the aifactory operator removes the aifactory.dev/usage finalizer"),
+        "{err}"
+    );
+
     // Deleting the finished job does not give its hours back to the budget: they
     // are settled in the tenant's ledger before the job goes.
     let jobs = Api::<TrainingJob>::namespaced(f.client.clone(), &acme);
