@@ -8,8 +8,8 @@
 use crate::controllers::trainingjob::snapshot::period;
 use crate::error::{Error, Result};
 use aifactory_api::{Tenant, UsageLedger};
-use kube::api::{Api, Patch, PatchParams};
-use kube::{Client, Resource, ResourceExt};
+use kube::Client;
+use kube::api::Api;
 
 /// Field manager of `status.ledger`.
 pub const LEDGER_MANAGER: &str = "aifactory-ledger";
@@ -42,19 +42,13 @@ pub async fn settle(
             gpu_hours,
             energy_kwh,
         );
-        let patch = serde_json::json!({
-            "apiVersion": Tenant::api_version(&()),
-            "kind": Tenant::kind(&()),
-            "metadata": {"name": name, "resourceVersion": tenant.resource_version()},
-            "status": {"ledger": ledger},
-        });
-        match api
-            .patch_status(
-                name,
-                &PatchParams::apply(LEDGER_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await
+        match crate::controllers::apply_status_at_version(
+            LEDGER_MANAGER,
+            &api,
+            &tenant,
+            &serde_json::json!({"ledger": ledger}),
+        )
+        .await
         {
             Ok(_) => {
                 tracing::info!(

@@ -81,6 +81,22 @@ where
     if current == Some(status) {
         return Ok(false);
     }
+    apply_status_at_version(crate::MANAGER, api, obj, status).await?;
+    Ok(true)
+}
+
+/// Applies `status` (the fields `manager` owns) to `obj`'s status on condition
+/// that `obj` is still the latest version: a 409 Conflict otherwise, for the
+/// caller to read again and retry.
+pub async fn apply_status_at_version<K>(
+    manager: &str,
+    api: &kube::Api<K>,
+    obj: &K,
+    status: &impl serde::Serialize,
+) -> Result<(), kube::Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
     let patch = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
@@ -89,11 +105,11 @@ where
     });
     api.patch_status(
         obj.meta().name.as_deref().unwrap_or_default(),
-        &kube::api::PatchParams::apply(crate::MANAGER).force(),
+        &kube::api::PatchParams::apply(manager).force(),
         &kube::api::Patch::Apply(&patch),
     )
     .await?;
-    Ok(true)
+    Ok(())
 }
 
 /// Whether the live status already says all `desired` says. Conditions are matched

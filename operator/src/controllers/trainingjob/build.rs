@@ -233,11 +233,10 @@ pub fn settlement(tj: &TrainingJob, watts: f64, now: &Time) -> Option<(f64, f64)
     ) {
         account(&mut st, &tj.spec, watts, now);
     }
-    let this_period =
-        |t: &Time| t.0.strftime("%Y-%m").to_string() == now.0.strftime("%Y-%m").to_string();
+    let period = super::snapshot::period;
     st.accounted_until
         .as_ref()
-        .filter(|t| this_period(t))
+        .filter(|t| period(t.0) == period(now.0))
         .map(|_| (st.gpu_hours, st.energy_kwh))
         .filter(|(h, e)| *h > 0.0 || *e > 0.0)
 }

@@ -99,7 +99,7 @@ impl Work<'_> {
         }
     }
 
-    /// Watts per GPU of its pool.
+    /// The pool it asks for.
     fn pool(&self) -> String {
         match self {
             Work::Job(tj) => tj.spec.pool.clone(),
