@@ -419,3 +419,41 @@ impl Drop for Cleanup {
         }
     }
 }
+
+/// A dedicated GpuPool `<group>-pool` of 8-GPU H100s (700 W, eu-west) over the
+/// test's nodes of `group`, once it reports all `nodes` of them Ready with their
+/// GPUs; the guard deletes it.
+pub async fn dedicated_pool(
+    client: &Client,
+    group: &str,
+    nodes: usize,
+) -> Result<(String, Cleanup)> {
+    use aifactory_api::GpuPool;
+    let pool = format!("{group}-pool");
+    let gp: GpuPool = serde_json::from_value(serde_json::json!({
+        "apiVersion": "aifactory.dev/v1alpha1", "kind": "GpuPool", "metadata": {"name": pool},
+        "spec": {"nodeSelector": {"matchLabels": {TEST_GROUP: group}},
+                 "gpu": {"model": "H100-80GB", "perNode": 8, "powerWatts": 700},
+                 "dedicated": true, "location": {"region": "eu-west"}}
+    }))?;
+    let pools = Api::<GpuPool>::all(client.clone());
+    pools.create(&PostParams::default(), &gp).await?;
+    let cleanup = Cleanup::one("gpupool", pool.clone());
+    let want = 8 * nodes as i64;
+    wait_for(
+        &format!("pool {pool} with {want} GPUs"),
+        Duration::from_secs(90),
+        || {
+            let pools = pools.clone();
+            let pool = pool.clone();
+            async move {
+                let p = pools.get(&pool).await?;
+                Ok(p.status
+                    .is_some_and(|s| s.gpus.allocatable == want && s.ready_nodes == nodes as i32)
+                    .then_some(()))
+            }
+        },
+    )
+    .await?;
+    Ok((pool, cleanup))
+}

@@ -32,28 +32,7 @@ impl Factory {
         require_operator(&client).await?;
         let group = unique_name(prefix);
         let fake = FakeNodes::create(&client, &group, nodes, "H100-80GB", 8).await?;
-        let pool = format!("{group}-pool");
-        let gp: GpuPool = serde_json::from_value(json!({
-            "apiVersion": "aifactory.dev/v1alpha1", "kind": "GpuPool", "metadata": {"name": pool},
-            "spec": {"nodeSelector": {"matchLabels": {TEST_GROUP: group}},
-                     "gpu": {"model": "H100-80GB", "perNode": 8, "powerWatts": 700},
-                     "dedicated": true, "location": {"region": "eu-west"}}
-        }))?;
-        let pools = Api::<GpuPool>::all(client.clone());
-        pools.create(&PostParams::default(), &gp).await?;
-        let cleanup = Cleanup(vec![("gpupool", pool.clone())]);
-        let want = 8 * nodes as i64;
-        wait_for(&format!("pool {pool} with {want} GPUs"), WAIT, || {
-            let pools = pools.clone();
-            let pool = pool.clone();
-            async move {
-                let p = pools.get(&pool).await?;
-                Ok(p.status
-                    .is_some_and(|s| s.gpus.allocatable == want && s.ready_nodes == nodes as i32)
-                    .then_some(()))
-            }
-        })
-        .await?;
+        let (pool, cleanup) = dedicated_pool(&client, &group, nodes).await?;
         Ok(Self {
             client,
             nodes: fake,

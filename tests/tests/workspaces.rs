@@ -3,7 +3,7 @@
 //! tenant's quota by the admission pass and stopped at maxLifetime.
 mod data_common;
 
-use aifactory_api::{GpuPool, Tenant, Workspace, WorkspacePhase};
+use aifactory_api::{Tenant, Workspace, WorkspacePhase};
 use aifactory_tests::*;
 use data_common::*;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -208,29 +208,7 @@ async fn a_session_is_admitted_against_the_quota_and_stopped_at_max_lifetime() -
     // not borrow.
     let group = unique_name("ws-gpu");
     let nodes = FakeNodes::create(&client, &group, 1, "H100-80GB", 8).await?;
-    let pool = format!("{group}-pool");
-    let gp: GpuPool = serde_json::from_value(json!({
-        "apiVersion": "aifactory.dev/v1alpha1", "kind": "GpuPool", "metadata": {"name": pool},
-        "spec": {"nodeSelector": {"matchLabels": {TEST_GROUP: group}},
-                 "gpu": {"model": "H100-80GB", "perNode": 8, "powerWatts": 700},
-                 "dedicated": true, "location": {"region": "eu-west"}}
-    }))?;
-    let pools = Api::<GpuPool>::all(client.clone());
-    pools.create(&PostParams::default(), &gp).await?;
-    let _pool = Cleanup::one("gpupool", pool.clone());
-    wait_for(&format!("pool {pool} ready"), WAIT, || {
-        let pools = pools.clone();
-        let pool = pool.clone();
-        async move {
-            Ok(pools
-                .get(&pool)
-                .await?
-                .status
-                .is_some_and(|s| s.ready_nodes == 1 && s.gpus.allocatable == 8)
-                .then_some(()))
-        }
-    })
-    .await?;
+    let (pool, _pool) = dedicated_pool(&client, &group, 1).await?;
     let acme = tenant(
         &client,
         "ws-quota",
