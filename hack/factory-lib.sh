@@ -14,12 +14,20 @@ ADMIN_KUBECONFIG=$STATE/admin.kubeconfig
 
 # Loopback only, and none of the default ports (2379, 6443, 10257, 10259, 10247),
 # so a factory can run beside any other cluster tooling on the same machine.
-ETCD_PORT=23790
-ETCD_PEER_PORT=23800
-APISERVER_PORT=16443
-KCM_PORT=16257
-SCHEDULER_PORT=16259
-KWOK_PORT=16247
+# AIFACTORY_PORT_OFFSET (default 0) shifts every port, so that two factories (say
+# the demo's and the test suite's, each with its own AIFACTORY_STATE) run side by
+# side. The operator's metrics port (hack/operator.sh, 18080) shifts with them.
+PORT_OFFSET=${AIFACTORY_PORT_OFFSET:-0}
+# Each component has a range of 100 ports of its own, hence offsets below 100.
+[[ $PORT_OFFSET =~ ^[0-9]+$ ]] && [ "$PORT_OFFSET" -lt 100 ] ||
+  { echo "AIFACTORY_PORT_OFFSET must be a number from 0 to 99, not '$PORT_OFFSET'" >&2; exit 2; }
+ETCD_PORT=$((23790 + PORT_OFFSET))
+ETCD_PEER_PORT=$((23900 + PORT_OFFSET))
+APISERVER_PORT=$((16443 + PORT_OFFSET))
+KCM_PORT=$((16600 + PORT_OFFSET))
+SCHEDULER_PORT=$((16700 + PORT_OFFSET))
+KWOK_PORT=$((16800 + PORT_OFFSET))
+OPERATOR_ADDR=${AIFACTORY_OPERATOR_ADDR:-127.0.0.1:$((18080 + PORT_OFFSET))}
 APISERVER_URL=https://127.0.0.1:$APISERVER_PORT
 
 SERVICE_CIDR=10.96.0.0/16

@@ -5,13 +5,16 @@
 #
 #   hack/operator.sh start     build (cargo), start in the background, wait until it leads
 #   hack/operator.sh stop      SIGTERM, then wait for it to exit
-# Log: $AIFACTORY_STATE/logs/operator.log; metrics on 127.0.0.1:18080/metrics.
+# Log: $AIFACTORY_STATE/logs/operator.log; metrics on 127.0.0.1:18080/metrics (the
+# port shifts by AIFACTORY_PORT_OFFSET, like the factory's; AIFACTORY_OPERATOR_ADDR sets it).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 state=${AIFACTORY_STATE:-$HOME/.cache/aifactory/factory}
 pidf=$state/operator.pid
 log=$state/logs/operator.log
-addr=${AIFACTORY_OPERATOR_ADDR:-127.0.0.1:18080}
+# shellcheck source=factory-lib.sh
+source "$root/hack/factory-lib.sh"
+addr=$OPERATOR_ADDR
 
 # A killed operator may linger a moment as a zombie: that is not running.
 running() {

@@ -37,6 +37,19 @@ pub fn state_dir() -> PathBuf {
         })
 }
 
+/// Where the operator `hack/operator.sh` started serves /healthz and /metrics:
+/// `AIFACTORY_OPERATOR_ADDR`, else port 18080 shifted by `AIFACTORY_PORT_OFFSET`
+/// like the factory's own ports (hack/factory-lib.sh).
+pub fn operator_addr() -> String {
+    std::env::var("AIFACTORY_OPERATOR_ADDR").unwrap_or_else(|_| {
+        let offset: u16 = std::env::var("AIFACTORY_PORT_OFFSET")
+            .ok()
+            .and_then(|o| o.parse().ok())
+            .unwrap_or(0);
+        format!("127.0.0.1:{}", 18080 + offset)
+    })
+}
+
 /// The kubeconfig the tests use: `KUBECONFIG`, else the local factory's admin one.
 pub fn admin_kubeconfig() -> PathBuf {
     std::env::var_os("KUBECONFIG")

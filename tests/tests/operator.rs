@@ -19,8 +19,7 @@ fn get(url: &str) -> anyhow::Result<(u16, String)> {
 async fn the_operator_serves_health_readiness_and_reconcile_metrics() -> anyhow::Result<()> {
     let client = admin().await?;
     require_operator(&client).await?;
-    let base =
-        std::env::var("AIFACTORY_OPERATOR_ADDR").unwrap_or_else(|_| "127.0.0.1:18080".into());
+    let base = aifactory_tests::operator_addr();
     assert_eq!(get(&format!("http://{base}/healthz"))?.0, 200);
     let (code, body) = get(&format!("http://{base}/readyz"))?;
     assert_eq!(code, 200, "{body}");

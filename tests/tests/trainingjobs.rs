@@ -505,8 +505,7 @@ async fn a_lender_reclaims_its_gpus_from_a_borrower_which_is_preempted_and_reque
 
 /// The running operator's Prometheus metrics.
 fn operator_metrics() -> anyhow::Result<String> {
-    let addr =
-        std::env::var("AIFACTORY_OPERATOR_ADDR").unwrap_or_else(|_| "127.0.0.1:18080".into());
+    let addr = aifactory_tests::operator_addr();
     let out = std::process::Command::new("curl")
         .args(["-sf", &format!("http://{addr}/metrics")])
         .output()?;
