@@ -41,13 +41,16 @@ case ${1:-} in
     kubectl create clusterrolebinding aifactory-operator --clusterrole aifactory-operator --user aifactory-operator \
       --dry-run=client -o yaml | kubectl apply --server-side -f - >/dev/null
     # The chart's usage guard, with this operator's user allowed to remove the
-    # usage finalizer (tenants may not): as a cluster with the chart installed runs.
+    # usage finalizer (tenants may not), and its queue guard, with this operator's
+    # user allowed to write GPU workloads in tenant namespaces (nobody else may):
+    # as a cluster with the chart installed runs.
     if [ -x "$HELM_BIN_DIR/helm" ]; then
       "$HELM_BIN_DIR/helm" template aifactory "$root/charts/aifactory" --namespace default \
-        --show-only templates/usage-guard.yaml --set 'usageGuard.operatorUsers={aifactory-operator}' \
+        --show-only templates/usage-guard.yaml --show-only templates/queue-guard.yaml \
+        --set 'usageGuard.operatorUsers={aifactory-operator}' --set 'queueGuard.operatorUsers={aifactory-operator}' \
         | kubectl apply --server-side -f - >/dev/null
     else
-      echo "helm not built ($HELM_BIN_DIR): the usage guard is not installed" >&2
+      echo "helm not built ($HELM_BIN_DIR): the usage and queue guards are not installed" >&2
     fi
     kubeconfig=$("$root/hack/factory-user.sh" aifactory-operator | tail -n 1)
     mkdir -p "$state/logs"

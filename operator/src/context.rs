@@ -76,6 +76,8 @@ pub fn on_error<K: ResourceExt>(
     tracing::warn!(controller, object = %obj.name_any(), error = %err, "reconcile failed");
     match err {
         Error::InvalidSpec(_) => Action::requeue(Duration::from_secs(300)),
+        // A cache fills within seconds of a (re)start.
+        Error::Cache(..) => Action::requeue(Duration::from_secs(1)),
         _ => Action::requeue(Duration::from_secs(5)),
     }
 }

@@ -17,6 +17,10 @@ pub enum Error {
     /// The object's spec cannot be acted on; reported as a condition, not retried fast.
     #[error("invalid spec: {0}")]
     InvalidSpec(String),
+    /// A watch cache the reconcile reads is not filled yet (a restart, a broken
+    /// watch): nothing is wrong with the object, so it is retried soon.
+    #[error("cache of {0} not ready: {1}")]
+    Cache(&'static str, String),
 }
 
 impl Error {
@@ -28,6 +32,7 @@ impl Error {
             Error::Finalizer(_) => "finalizer".into(),
             Error::Serialization(_) => "serialization".into(),
             Error::InvalidSpec(_) => "invalid_spec".into(),
+            Error::Cache(..) => "cache_not_ready".into(),
         }
     }
 }

@@ -449,7 +449,182 @@ fn invalid_cases() -> Vec<Invalid> {
             with(job(), "nodes", json!("four")),
             &["spec.nodes", "must be of type integer"],
         ),
+        // Specs the API used to accept that could never run (issue 13).
+        i(
+            "TrainingJob",
+            with(job(), "env", json!([{"name": "NODE_RANK", "value": "3"}])),
+            &["spec.env", "may not set MASTER_ADDR", "aifactory sets them"],
+        ),
+        i(
+            "TrainingJob",
+            with(
+                job(),
+                "datasets",
+                json!([{"name": "images"}, {"name": "images", "mountPath": "/other"}]),
+            ),
+            &["spec.datasets", "listed only once"],
+        ),
+        i(
+            "TrainingJob",
+            with(
+                job(),
+                "datasets",
+                json!([{"name": "a", "mountPath": "/data"}, {"name": "b", "mountPath": "/data"}]),
+            ),
+            &["spec.datasets", "a mount path of its own"],
+        ),
+        i(
+            "TrainingJob",
+            with(
+                with(
+                    job(),
+                    "checkpoint",
+                    json!({"claimName": "scratch", "mountPath": "/data/images"}),
+                ),
+                "datasets",
+                json!([{"name": "images"}]),
+            ),
+            &["spec", "checkpoint's mountPath"],
+        ),
+        i(
+            "TrainingJob",
+            with(job(), "maxRuntime", json!("0s")),
+            &["spec.maxRuntime", "longer than zero"],
+        ),
+        i(
+            "Workspace",
+            with(
+                workspace(),
+                "datasets",
+                json!([{"name": "images", "mountPath": "/workspace/home"}]),
+            ),
+            &["spec.datasets", "home or scratch volume"],
+        ),
+        i(
+            "Workspace",
+            with(
+                workspace(),
+                "interactive",
+                json!({"image": "jupyter:1", "pool": "h100", "maxLifetime": "0m"}),
+            ),
+            &["spec.interactive.maxLifetime", "longer than zero"],
+        ),
+        i(
+            "Tenant",
+            with(tenant(), "namespaces", json!(["kube-system"])),
+            &[
+                "spec.namespaces",
+                "may not be default, aifactory-system or a kube-*",
+            ],
+        ),
+        i(
+            "GpuPool",
+            with(
+                pool(),
+                "nodeSelector",
+                json!({"matchExpressions": [{"key": "gpu", "operator": "Equals", "values": ["h100"]}]}),
+            ),
+            &["spec.nodeSelector", "operator must be In or NotIn"],
+        ),
+        i(
+            "GpuPool",
+            with(
+                pool(),
+                "nodeSelector",
+                json!({"matchExpressions": [{"key": "gpu", "operator": "In"}]}),
+            ),
+            &["spec.nodeSelector", "(with values)"],
+        ),
     ]
+}
+
+#[tokio::test]
+async fn names_that_would_make_invalid_children_are_refused_with_the_rule() -> anyhow::Result<()> {
+    let client = admin().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::new(&client, "names").await?;
+    let long = |n: usize| "a".repeat(n);
+    let refused = [
+        (
+            "TrainingJob",
+            "my.job".to_string(),
+            job(),
+            "a TrainingJob name becomes its Service",
+        ),
+        ("TrainingJob", long(53), job(), "at most 52 characters"),
+        (
+            "TrainingJob",
+            "1st-run".to_string(),
+            job(),
+            "starting with a letter",
+        ),
+        (
+            "Workspace",
+            "alice.ws".to_string(),
+            workspace(),
+            "a Workspace name becomes",
+        ),
+        (
+            "Dataset",
+            "images.v2".to_string(),
+            dataset(),
+            "a Dataset name becomes its volume claim",
+        ),
+        (
+            "GpuPool",
+            "h100.lux".to_string(),
+            pool(),
+            "a GpuPool name becomes the aifactory.dev/pool label",
+        ),
+        (
+            "Tenant",
+            long(64),
+            tenant(),
+            "a Tenant name becomes its default namespace",
+        ),
+        (
+            "Tenant",
+            "default".to_string(),
+            tenant(),
+            "gets a namespace named after it",
+        ),
+        (
+            "Tenant",
+            "kube-lab".to_string(),
+            tenant(),
+            "gets a namespace named after it",
+        ),
+    ];
+    let mut failures = vec![];
+    for (kind, name, spec, says) in &refused {
+        match api_for(&client, kind, &ns.name)
+            .create(&dry_run(), &object(kind, name, spec.clone()))
+            .await
+        {
+            Ok(_) => failures.push(format!("{kind} {name} was accepted")),
+            Err(kube::Error::Api(s)) if s.code == 422 && s.message.contains(says) => {}
+            Err(e) => failures.push(format!("{kind} {name}: {e}, not {says:?}")),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // At the limits, accepted: the rules refuse only what cannot run.
+    for (kind, name, spec) in [
+        ("TrainingJob", format!("j{}", long(51)), job()),
+        ("Workspace", format!("w{}", long(62)), workspace()),
+        ("Tenant", format!("t{}", long(62)), tenant()),
+        (
+            "Tenant",
+            "default".to_string(),
+            with(tenant(), "namespaces", json!(["lab-default"])),
+        ),
+        ("Dataset", "0-images".to_string(), dataset()),
+    ] {
+        api_for(&client, kind, &ns.name)
+            .create(&dry_run(), &object(kind, &name, spec))
+            .await
+            .map_err(|e| anyhow::anyhow!("{kind} {name}: {e}"))?;
+    }
+    Ok(())
 }
 
 #[tokio::test]

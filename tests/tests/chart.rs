@@ -190,7 +190,14 @@ fn the_chart_renders_two_leader_elected_restricted_replicas() -> Result<()> {
     );
     // The usage guard lets only the release's ServiceAccount (and cluster admins)
     // remove the usage finalizer.
-    let guard = one(&objects, "ValidatingAdmissionPolicy");
+    let policies = find(&objects, "ValidatingAdmissionPolicy");
+    let named = |suffix: &str| {
+        *policies
+            .iter()
+            .find(|p| p["metadata"]["name"].as_str().unwrap().ends_with(suffix))
+            .unwrap_or_else(|| panic!("no ValidatingAdmissionPolicy *{suffix}"))
+    };
+    let guard = named("-usage-finalizer");
     let who = guard["spec"]["matchConditions"][1]["expression"]
         .as_str()
         .unwrap();
@@ -198,10 +205,44 @@ fn the_chart_renders_two_leader_elected_restricted_replicas() -> Result<()> {
         who.contains(r#"["system:serviceaccount:factory-system:aifactory"]"#),
         "{who}"
     );
-    assert_eq!(
-        one(&objects, "ValidatingAdmissionPolicyBinding")["spec"]["policyName"],
-        guard["metadata"]["name"]
+    // The queue guard: only the release's ServiceAccount writes GPU workloads in
+    // tenant namespaces, and only the controller-manager's Job and StatefulSet
+    // controllers make GPU pods there; each pool is the policies' parameter.
+    let workloads = named("-queue-guard-workloads");
+    let who = workloads["spec"]["matchConditions"][0]["expression"]
+        .as_str()
+        .unwrap();
+    assert!(
+        who.contains(r#"["system:serviceaccount:factory-system:aifactory"]"#),
+        "{who}"
     );
+    let pods = named("-queue-guard-pods");
+    let who = pods["spec"]["matchConditions"][0]["expression"]
+        .as_str()
+        .unwrap();
+    assert!(
+        who.contains("system:serviceaccount:kube-system:job-controller")
+            && !who.contains("aifactory\""),
+        "{who}"
+    );
+    for policy in [workloads, pods] {
+        assert_eq!(policy["spec"]["paramKind"]["kind"], "GpuPool");
+        assert_eq!(
+            policy["spec"]["matchConstraints"]["namespaceSelector"]["matchExpressions"][0]["key"],
+            "aifactory.dev/tenant"
+        );
+    }
+    let bindings = find(&objects, "ValidatingAdmissionPolicyBinding");
+    assert_eq!(bindings.len(), 3);
+    for policy in &policies {
+        assert!(
+            bindings
+                .iter()
+                .any(|b| b["spec"]["policyName"] == policy["metadata"]["name"]),
+            "{} has no binding",
+            policy["metadata"]["name"]
+        );
+    }
     // Optional parts are off by default.
     assert!(find(&objects, "ServiceMonitor").is_empty());
     assert!(find(&objects, "ConfigMap").is_empty());

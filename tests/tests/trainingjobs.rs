@@ -761,3 +761,73 @@ async fn the_power_cap_a_pool_outside_quota_and_residency_each_keep_a_job_queued
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn an_admitted_job_whose_pods_cannot_start_gives_its_gpus_back_within_the_start_timeout()
+-> anyhow::Result<()> {
+    let mut f = Factory::new("tj-nostart", 1).await?;
+    let acme = f.tenant("acme", json!({"gpus": 8})).await?;
+    // Its checkpoint claim does not exist: admitted, but its pod can never be
+    // scheduled. It must not hold the pool's only node for ever.
+    f.submit(
+        &acme,
+        "stuck",
+        1,
+        8,
+        json!({"checkpoint": {"claimName": "no-such-claim"}}),
+        json!({}),
+    )
+    .await?;
+    f.wait_phase(&acme, "stuck", TrainingJobPhase::Admitted)
+        .await?;
+    f.submit(
+        &acme,
+        "next",
+        1,
+        8,
+        json!({}),
+        json!({"aifactory.dev/simulate-duration": "600s"}),
+    )
+    .await?;
+    // Within the start timeout (120 s) and a reconcile, the stuck job queues
+    // again behind the job that can run, which gets the node.
+    let api = Api::<TrainingJob>::namespaced(f.client.clone(), &acme);
+    let next = wait_for(
+        "the next job Running on the GPUs the stuck one gave back",
+        Duration::from_secs(200),
+        || {
+            let api = api.clone();
+            async move {
+                let tj = api.get("next").await?;
+                Ok((phase(&tj) == Some(TrainingJobPhase::Running)).then_some(tj))
+            }
+        },
+    )
+    .await?;
+    assert!(next.status.and_then(|s| s.placement).is_some());
+    let stuck = api.get("stuck").await?;
+    let st = stuck.status.clone().unwrap_or_default();
+    assert_eq!(st.phase, Some(TrainingJobPhase::Queued), "{st:?}");
+    assert_eq!(st.start_failures, 1);
+    assert!(st.placement.is_none());
+    let admitted = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Admitted")
+        .expect("an Admitted condition");
+    assert_eq!(admitted.reason, "StartTimedOut");
+    assert!(
+        admitted
+            .message
+            .contains("0 of its 1 pods were running 120s after admission"),
+        "{}",
+        admitted.message
+    );
+    assert!(
+        f.events(&acme, "stuck")
+            .await?
+            .contains(&"StartTimedOut".to_string()),
+        "an Event tells the tenant"
+    );
+    Ok(())
+}

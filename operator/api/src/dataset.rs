@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
     namespaced,
     status = "DatasetStatus",
     doc = "Data a tenant owns: a volume of the requested size, optionally imported from a URL and shared read-only with other tenants.",
+    validation = crate::rules::name_label("Dataset", "its volume claim, its import Job and label values"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Size", type_ = "string", json_path = ".spec.size"),
     printcolumn(name = "Class", type_ = "string", json_path = ".spec.storageClassName"),

@@ -23,6 +23,7 @@ pub const DEFAULT_GPU_RESOURCE: &str = "nvidia.com/gpu";
     category = "aifactory",
     status = "GpuPoolStatus",
     doc = "A pool of identical GPU nodes (same model, same site) that the platform team offers to tenants.",
+    validation = crate::rules::name_label("GpuPool", "the aifactory.dev/pool label and taint value of its nodes"),
     printcolumn(name = "Model", type_ = "string", json_path = ".spec.gpu.model"),
     printcolumn(name = "Region", type_ = "string", json_path = ".spec.location.region"),
     printcolumn(name = "Nodes", type_ = "integer", json_path = ".status.nodes"),
@@ -48,6 +49,7 @@ pub struct GpuPoolSpec {
     /// Selects the member nodes by their labels. A node selected by two pools is a
     /// conflict: the older pool keeps it and both report it.
     #[x_kube(validation = Rule::new("(has(self.matchLabels) && size(self.matchLabels) > 0) || (has(self.matchExpressions) && size(self.matchExpressions) > 0)").message("nodeSelector must select something: an empty selector would take every node of the cluster"))]
+    #[x_kube(validation = crate::rules::valid_selector("nodeSelector"))]
     pub node_selector: LabelSelector,
 
     /// The GPUs every member node has.

@@ -19,6 +19,8 @@ pub const TENANT_LABEL: &str = "aifactory.dev/tenant";
     category = "aifactory",
     status = "TenantStatus",
     doc = "A customer of the AI factory: its people, namespaces, GPU quota per pool, budget and data residency.",
+    validation = crate::rules::name_label("Tenant", "its default namespace and label values"),
+    validation = crate::rules::default_namespace_not_a_system_one(),
     printcolumn(
         name = "Display Name",
         type_ = "string",
@@ -76,6 +78,7 @@ pub struct TenantSpec {
     #[schemars(length(max = 32), inner(length(min = 1, max = 63)))]
     #[x_kube(merge_strategy = kube::core::ListMerge::Set)]
     #[x_kube(validation = Rule::new("self.all(n, n.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))").message("each namespace must be a lowercase DNS label of at most 63 characters"))]
+    #[x_kube(validation = crate::rules::no_system_namespaces("namespaces"))]
     pub namespaces: Vec<String>,
 
     /// GPUs per pool: guaranteed, and how much may be borrowed and lent. A pool
@@ -258,25 +261,38 @@ pub struct UsageLedger {
     /// Settled GPU-hours and energy per pool (`gpusInUse` unused).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub usage: Vec<PoolUsage>,
+    /// Keys of the latest settlements (an object's uid, a session's start), so a
+    /// settlement retried after a failure is not added twice; the oldest are
+    /// dropped beyond [`UsageLedger::KEYS_KEPT`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub settled: Vec<String>,
 }
 
 impl UsageLedger {
+    /// Settlement keys remembered: a retry comes seconds to minutes after the
+    /// settlement it repeats, long before this many others of the same tenant.
+    pub const KEYS_KEPT: usize = 512;
+
     /// This ledger with `gpu_hours` and `energy_kwh` of `pool` added in `period`
-    /// (a ledger of another period starts again from zero).
+    /// under `key` (a ledger of another period starts again from zero); `None`
+    /// when `key` is settled already.
     pub fn add(
         ledger: Option<&UsageLedger>,
         period: &str,
         pool: &str,
-        gpu_hours: f64,
-        energy_kwh: f64,
-    ) -> UsageLedger {
+        (gpu_hours, energy_kwh): (f64, f64),
+        key: &str,
+    ) -> Option<UsageLedger> {
         let mut out = ledger
             .filter(|l| l.period == period)
             .cloned()
             .unwrap_or_else(|| UsageLedger {
                 period: period.to_string(),
-                usage: vec![],
+                ..Default::default()
             });
+        if out.settled.iter().any(|k| k == key) {
+            return None;
+        }
         match out.usage.iter_mut().find(|u| u.pool == pool) {
             Some(u) => {
                 u.gpu_hours += gpu_hours;
@@ -289,7 +305,10 @@ impl UsageLedger {
                 energy_kwh,
             }),
         }
-        out
+        out.settled.push(key.to_string());
+        let excess = out.settled.len().saturating_sub(Self::KEYS_KEPT);
+        out.settled.drain(..excess);
+        Some(out)
     }
 }
 
@@ -315,17 +334,43 @@ mod tests {
 
     #[test]
     fn the_ledger_adds_per_pool_and_starts_again_each_period() {
-        let l = UsageLedger::add(None, "2026-11", "h100", 2.0, 1.4);
-        let l = UsageLedger::add(Some(&l), "2026-11", "h100", 1.0, 0.7);
-        let l = UsageLedger::add(Some(&l), "2026-11", "a100", 0.5, 0.2);
+        let l = UsageLedger::add(None, "2026-11", "h100", (2.0, 1.4), "a").unwrap();
+        let l = UsageLedger::add(Some(&l), "2026-11", "h100", (1.0, 0.7), "b").unwrap();
+        let l = UsageLedger::add(Some(&l), "2026-11", "a100", (0.5, 0.2), "c").unwrap();
         assert_eq!(l.usage.len(), 2);
         assert_eq!(
             (l.usage[0].gpu_hours, l.usage[0].energy_kwh),
             (3.0, 1.4 + 0.7)
         );
-        let next = UsageLedger::add(Some(&l), "2026-12", "h100", 1.0, 0.7);
+        let next = UsageLedger::add(Some(&l), "2026-12", "h100", (1.0, 0.7), "d").unwrap();
         assert_eq!(next.period, "2026-12");
         assert_eq!(next.usage.len(), 1);
         assert_eq!(next.usage[0].gpu_hours, 1.0);
+        assert_eq!(next.settled, vec!["d"]);
+    }
+
+    #[test]
+    fn a_settlement_retried_under_its_key_adds_nothing_and_old_keys_are_dropped() {
+        let l = UsageLedger::add(None, "2026-11", "h100", (2.0, 1.4), "uid-1").unwrap();
+        assert_eq!(
+            UsageLedger::add(Some(&l), "2026-11", "h100", (2.0, 1.4), "uid-1"),
+            None,
+            "settled once"
+        );
+        let mut l = l;
+        for i in 0..UsageLedger::KEYS_KEPT {
+            l = UsageLedger::add(Some(&l), "2026-11", "h100", (1.0, 0.0), &format!("k{i}"))
+                .unwrap();
+        }
+        assert_eq!(l.settled.len(), UsageLedger::KEYS_KEPT);
+        assert!(
+            !l.settled.contains(&"uid-1".to_string()),
+            "the oldest key went"
+        );
+        assert_eq!(
+            l.settled.last().unwrap(),
+            &format!("k{}", UsageLedger::KEYS_KEPT - 1)
+        );
+        assert_eq!(l.usage[0].gpu_hours, 2.0 + UsageLedger::KEYS_KEPT as f64);
     }
 }

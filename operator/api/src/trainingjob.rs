@@ -7,6 +7,17 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// Environment variables aifactory sets in every pod of a run (`CHECKPOINT_DIR`
+/// when there is a checkpoint volume); the API refuses them in `env`.
+pub const RESERVED_ENV: [&str; 6] = [
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "WORLD_SIZE",
+    "NODE_RANK",
+    "NPROC_PER_NODE",
+    "CHECKPOINT_DIR",
+];
+
 /// A distributed training run: `nodes` pods of `gpusPerNode` GPUs each, started
 /// together when the whole gang fits (quota, capacity, budget, residency, power).
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
@@ -20,6 +31,11 @@ use serde::{Deserialize, Serialize};
     namespaced,
     status = "TrainingJobStatus",
     doc = "A distributed training run on a GPU pool, queued fairly and started as a whole gang.",
+    validation = crate::rules::name_starting_with_a_letter(
+        "TrainingJob",
+        52,
+        "its Service, its Job and its pods' host names (<name>-<rank>)"
+    ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Pool", type_ = "string", json_path = ".spec.pool"),
     printcolumn(name = "Nodes", type_ = "integer", json_path = ".spec.nodes"),
@@ -44,6 +60,7 @@ use serde::{Deserialize, Serialize};
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = crate::rules::datasets_not_at_the_checkpoint())]
 pub struct TrainingJobSpec {
     /// GpuPool to run in; the tenant needs quota there.
     #[schemars(length(min = 1, max = 63))]
@@ -79,15 +96,18 @@ pub struct TrainingJobSpec {
     /// `NODE_RANK`, `NPROC_PER_NODE` and `CHECKPOINT_DIR` are set by aifactory.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 128))]
+    #[x_kube(validation = crate::rules::env_not(&RESERVED_ENV))]
     pub env: Vec<EnvVar>,
 
     /// CPU and memory of each pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<NodeResources>,
 
-    /// Datasets mounted read-only in every pod.
+    /// Datasets mounted read-only in every pod, each once and at a path of its own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
+    #[x_kube(validation = crate::rules::distinct_datasets())]
+    #[x_kube(validation = crate::rules::distinct_mount_paths())]
     pub datasets: Vec<DatasetMount>,
 
     /// Volume for checkpoints, passed to the code as `CHECKPOINT_DIR`.
@@ -104,6 +124,7 @@ pub struct TrainingJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 32))]
     #[x_kube(validation = crate::rules::duration("maxRuntime"))]
+    #[x_kube(validation = crate::rules::positive_duration("maxRuntime"))]
     pub max_runtime: Option<String>,
 
     /// How many times a failed run is started again before the job fails.
@@ -245,12 +266,20 @@ pub struct TrainingJobStatus {
     /// Runs started again after a failure.
     #[serde(default)]
     pub restarts: i32,
+    /// Admissions whose pods did not all start in time (the GPUs were given back
+    /// and the job queued again); the job fails with reason `StartFailed` at 3.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub start_failures: i32,
     /// Nodes and topology domain of the current run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<Placement>,
     /// GPU-hours used by all runs of the job.
     #[serde(default)]
     pub gpu_hours: f64,
+    /// GPU-hours and energy of the accounting period of `accountedUntil` (a run
+    /// across the 1st counts in each month only the hours used in it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period_usage: Option<PeriodUsage>,
     /// Energy used by all runs of the job, kWh.
     #[serde(default, rename = "energyKWh")]
     pub energy_kwh: f64,
@@ -258,6 +287,19 @@ pub struct TrainingJobStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["type".into()]))]
     pub conditions: Conditions,
+}
+
+/// Usage of a job in one accounting period.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeriodUsage {
+    /// The accounting period, `YYYY-MM` (UTC).
+    pub period: String,
+    /// GPU-hours used in it.
+    pub gpu_hours: f64,
+    /// Energy used in it, kWh.
+    #[serde(rename = "energyKWh")]
+    pub energy_kwh: f64,
 }
 
 /// Where a run's pods are.
@@ -269,6 +311,10 @@ pub struct Placement {
     /// Topology domain the pods were packed into, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
 impl TrainingJobSpec {

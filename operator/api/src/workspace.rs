@@ -18,6 +18,11 @@ use serde::{Deserialize, Serialize};
     namespaced,
     status = "WorkspaceStatus",
     doc = "A tenant member's place to work: home and scratch volumes, read-only datasets, and an optional interactive GPU session.",
+    validation = crate::rules::name_starting_with_a_letter(
+        "Workspace",
+        63,
+        "its session's StatefulSet and Service (<name>-session) and label values"
+    ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Home", type_ = "string", json_path = ".spec.storage.home"),
     printcolumn(name = "GPUs", type_ = "integer", json_path = ".spec.interactive.gpus"),
@@ -35,6 +40,9 @@ pub struct WorkspaceSpec {
     /// Datasets mounted read-only (your own, or ones shared with your tenant).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
+    #[x_kube(validation = crate::rules::distinct_datasets())]
+    #[x_kube(validation = crate::rules::distinct_mount_paths())]
+    #[x_kube(validation = crate::rules::datasets_not_at(&["/workspace/home", "/workspace/scratch"], "the workspace's home or scratch volume"))]
     pub datasets: Vec<DatasetMount>,
     /// An interactive session; it waits for admission like a training job and
     /// counts against the tenant's quota.
@@ -83,6 +91,7 @@ pub struct Interactive {
     #[serde(default = "default_max_lifetime")]
     #[schemars(length(min = 1, max = 32))]
     #[x_kube(validation = crate::rules::duration("interactive.maxLifetime"))]
+    #[x_kube(validation = crate::rules::positive_duration("interactive.maxLifetime"))]
     pub max_lifetime: String,
     /// Port the session serves (e.g. 8888 for Jupyter).
     #[serde(default = "default_port")]

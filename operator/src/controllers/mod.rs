@@ -2,10 +2,10 @@
 //! state out) and `mod.rs` fetches, applies and writes status.
 pub mod dataset;
 pub mod gpupool;
-pub mod ledger;
 pub mod pods;
 pub mod tenant;
 pub mod trainingjob;
+pub mod usage;
 pub mod workspace;
 
 use serde_json::Value;

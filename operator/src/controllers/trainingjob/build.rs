@@ -3,9 +3,10 @@
 //! accounting and deadlines. No client, no clock: the time is passed in.
 use crate::conditions::condition;
 use crate::controllers::pods;
+use crate::controllers::usage::{self, round};
 use aifactory_api::{
-    CONDITION_READY, GpuPool, Placement, TrainingJob, TrainingJobPhase, TrainingJobSpec,
-    TrainingJobStatus,
+    CONDITION_READY, GpuPool, PeriodUsage, Placement, RESERVED_ENV, TrainingJob, TrainingJobPhase,
+    TrainingJobSpec, TrainingJobStatus,
 };
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Service;
@@ -31,20 +32,17 @@ pub const JOB_SERVICE_ACCOUNT: &str = crate::controllers::tenant::build::JOB_SER
 /// While a run goes on, its GPU-hours are brought up to date this often.
 pub const ACCOUNTING_INTERVAL: Duration = Duration::from_secs(60);
 
+/// An admitted run whose pods are not all running this long after admission gives
+/// its GPUs back and queues again: work that cannot start (a claim that does not
+/// exist, a child the API refuses, a node gone) must not hold GPUs forever.
+pub const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// Admissions that did not start before the job fails (reason `StartFailed`).
+pub const MAX_START_FAILURES: i32 = 3;
+
 /// Condition: the job holds (True) or waits for (False) its GPUs.
 pub const CONDITION_ADMITTED: &str = "Admitted";
 /// Condition: the job failed (reason `DeadlineExceeded`, `RunFailed`, `PoolNotFound`).
 pub const CONDITION_FAILED: &str = "Failed";
-
-/// Environment variables aifactory sets; the spec's own values of them are dropped.
-const RESERVED_ENV: [&str; 6] = [
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "WORLD_SIZE",
-    "NODE_RANK",
-    "NPROC_PER_NODE",
-    "CHECKPOINT_DIR",
-];
 
 /// The current time at the API's precision (seconds), so a status computed twice
 /// in the same second is equal and a time read back equals the time written.
@@ -233,12 +231,21 @@ pub fn settlement(tj: &TrainingJob, watts: f64, now: &Time) -> Option<(f64, f64)
     ) {
         account(&mut st, &tj.spec, watts, now);
     }
-    let period = super::snapshot::period;
-    st.accounted_until
-        .as_ref()
-        .filter(|t| period(t.0) == period(now.0))
-        .map(|_| (st.gpu_hours, st.energy_kwh))
-        .filter(|(h, e)| *h > 0.0 || *e > 0.0)
+    this_period_usage(&st, now.0).filter(|(h, e)| *h > 0.0 || *e > 0.0)
+}
+
+/// GPU-hours and kWh of the job in the period of `now`, if it was accounted in it.
+pub fn this_period_usage(status: &TrainingJobStatus, now: jiff::Timestamp) -> Option<(f64, f64)> {
+    let this = usage::period(now);
+    match &status.period_usage {
+        Some(u) => (u.period == this).then_some((u.gpu_hours, u.energy_kwh)),
+        // Accounted before periodUsage existed: all of it, as it was counted then.
+        None => status
+            .accounted_until
+            .as_ref()
+            .filter(|t| usage::period(t.0) == this)
+            .map(|_| (status.gpu_hours, status.energy_kwh)),
+    }
 }
 
 /// Adds the GPU-hours and energy of the current run up to `until` and marks them
@@ -251,16 +258,21 @@ pub fn account(status: &mut TrainingJobStatus, spec: &TrainingJobSpec, watts: f6
         Some(counted) if counted.0 > started.0 => counted.0,
         _ => started.0,
     };
-    let seconds = (until.0.as_second() - from.as_second()).max(0) as f64;
-    let gpu_hours = spec.total_gpus() as f64 * seconds / 3600.0;
+    let hours_since = |t: jiff::Timestamp| {
+        spec.total_gpus() as f64 * (until.0.as_second() - t.as_second()).max(0) as f64 / 3600.0
+    };
+    let gpu_hours = hours_since(from);
+    // This period's share: what was used since the later of `from` and the 1st.
+    let in_period = hours_since(from.max(usage::period_start(until.0)));
+    let (carried_hours, carried_kwh) = this_period_usage(status, until.0).unwrap_or((0.0, 0.0));
     status.gpu_hours = round(status.gpu_hours + gpu_hours);
     status.energy_kwh = round(status.energy_kwh + gpu_hours * watts / 1000.0);
+    status.period_usage = Some(PeriodUsage {
+        period: usage::period(until.0),
+        gpu_hours: round(carried_hours + in_period),
+        energy_kwh: round(carried_kwh + in_period * watts / 1000.0),
+    });
     status.accounted_until = Some(until.clone());
-}
-
-/// Six decimals: sums of many small runs stay readable and stable.
-fn round(x: f64) -> f64 {
-    (x * 1e6).round() / 1e6
 }
 
 /// When the current run must stop: `maxRuntime` after it started (or, before it
@@ -456,6 +468,9 @@ pub struct Observed<'a> {
     pub job: Option<&'a Job>,
     /// The job's pool, if it exists.
     pub pool: Option<&'a GpuPool>,
+    /// Nodes of the job's placement that are gone, not Ready, or out of the pool:
+    /// a run on them cannot start, and a restart must be placed again.
+    pub lost_nodes: Vec<String>,
     /// The time of the reconcile.
     pub now: Time,
 }
@@ -466,6 +481,66 @@ fn end_run(status: &mut TrainingJobStatus, spec: &TrainingJobSpec, watts: f64, n
     status.placement = None;
     status.admitted_at = None;
     status.started_at = None;
+}
+
+/// When an admitted run that has not started gives its GPUs back.
+fn start_deadline(status: &TrainingJobStatus) -> Option<jiff::Timestamp> {
+    let admitted = status.admitted_at.as_ref()?;
+    admitted
+        .0
+        .checked_add(jiff::SignedDuration::try_from(START_TIMEOUT).ok()?)
+        .ok()
+}
+
+/// Why an admitted run that has not started yet cannot start, if it cannot: a
+/// node of its placement is lost, or its pods are not all running
+/// [`START_TIMEOUT`] after admission (a child the API refused, a claim that does
+/// not exist, pods the scheduler cannot place).
+fn start_failure(
+    previous: &TrainingJobStatus,
+    state: &Run,
+    spec: &TrainingJobSpec,
+    obs: &Observed,
+) -> Option<String> {
+    if previous.phase != Some(TrainingJobPhase::Admitted) || previous.started_at.is_some() {
+        return None;
+    }
+    let ready = match state {
+        // Finished before it was seen running: it did start.
+        Run::Succeeded | Run::Failed { .. } => return None,
+        Run::Active { ready, .. } if *ready >= spec.nodes => return None,
+        Run::Active { ready, .. } => *ready,
+        Run::Missing | Run::Stale => 0,
+    };
+    if !obs.lost_nodes.is_empty() {
+        return Some(format!(
+            "node(s) {} of its placement are gone or not Ready",
+            obs.lost_nodes.join(", ")
+        ));
+    }
+    let timeout = start_deadline(previous)?;
+    (obs.now.0 >= timeout).then(|| {
+        format!(
+            "{ready} of its {} pods were running {}s after admission",
+            spec.nodes,
+            START_TIMEOUT.as_secs()
+        )
+    })
+}
+
+/// Puts the current run back in the queue: in its place (`queuedAt`) when it lost
+/// its nodes through no fault of its own, at the back (`now`) when it had its
+/// chance to start and did not, so it cannot hold the head of the queue.
+fn requeue_run(status: &mut TrainingJobStatus, back_of_the_queue: Option<&Time>) {
+    if let Some(now) = back_of_the_queue {
+        status.queued_at = Some(now.clone());
+    }
+    status.phase = Some(TrainingJobPhase::Queued);
+    status.placement = None;
+    status.admitted_at = None;
+    status.started_at = None;
+    status.queue_position = None;
+    status.pending_reason = None;
 }
 
 /// The next step of a TrainingJob's life. Admission (Queued → Admitted, and
@@ -552,6 +627,54 @@ pub fn plan(tj: &TrainingJob, obs: &Observed) -> Plan {
                 );
                 job_action = delete_any;
                 note(true, "DeadlineExceeded", message);
+            } else if let Some(why) = start_failure(&previous, &state, spec, obs) {
+                // Never started: nothing to account; the GPUs go back at once.
+                end_run(&mut st, spec, watts, now);
+                st.start_failures = previous.start_failures + 1;
+                job_action = delete_any;
+                if st.start_failures >= MAX_START_FAILURES {
+                    st.phase = Some(TrainingJobPhase::Failed);
+                    st.finished_at = Some(now.clone());
+                    let message = format!(
+                        "{why}; it was admitted {} times without starting and is given up \
+                         (kubectl describe pods -l {TRAININGJOB_LABEL}={} shows why pods wait)",
+                        st.start_failures,
+                        tj.name_any()
+                    );
+                    set(
+                        &mut st,
+                        CONDITION_ADMITTED,
+                        false,
+                        "StartFailed",
+                        message.clone(),
+                        generation,
+                        now,
+                    );
+                    set_failed(&mut st, "StartFailed", &message, "failed", generation, now);
+                    note(true, "StartFailed", message);
+                } else {
+                    requeue_run(&mut st, obs.lost_nodes.is_empty().then_some(now));
+                    let message = format!("{why}: its GPUs are released and it is queued again");
+                    set(
+                        &mut st,
+                        CONDITION_ADMITTED,
+                        false,
+                        "StartTimedOut",
+                        message.clone(),
+                        generation,
+                        now,
+                    );
+                    set(
+                        &mut st,
+                        CONDITION_READY,
+                        false,
+                        "StartTimedOut",
+                        "queued again",
+                        generation,
+                        now,
+                    );
+                    note(true, "StartTimedOut", message);
+                }
             } else {
                 match &state {
                     Run::Missing => match (obs.pool, &previous.placement) {
@@ -669,12 +792,39 @@ pub fn plan(tj: &TrainingJob, obs: &Observed) -> Plan {
                             st.restarts = run + 1;
                             st.started_at = None;
                             st.phase = Some(TrainingJobPhase::Admitted);
+                            // Its nodes are kept, unless one was lost: then the
+                            // restart goes back through admission to be placed again.
+                            let elsewhere = if obs.lost_nodes.is_empty() {
+                                st.admitted_at = Some(now.clone());
+                                String::new()
+                            } else {
+                                requeue_run(&mut st, None);
+                                set(
+                                    &mut st,
+                                    CONDITION_ADMITTED,
+                                    false,
+                                    "NodeLost",
+                                    format!(
+                                        "node(s) {} lost: queued to be placed again",
+                                        obs.lost_nodes.join(", ")
+                                    ),
+                                    generation,
+                                    now,
+                                );
+                                format!(
+                                    ", queued to be placed again without lost node(s) {}",
+                                    obs.lost_nodes.join(", ")
+                                )
+                            };
                             set(
                                 &mut st,
                                 CONDITION_READY,
                                 false,
                                 "Restarting",
-                                format!("run {} failed ({why}); starting it again", run + 1),
+                                format!(
+                                    "run {} failed ({why}); starting it again{elsewhere}",
+                                    run + 1
+                                ),
                                 generation,
                                 now,
                             );
@@ -684,7 +834,7 @@ pub fn plan(tj: &TrainingJob, obs: &Observed) -> Plan {
                                 true,
                                 "Restarted",
                                 format!(
-                                    "run {} failed ({why}); restart {} of {}",
+                                    "run {} failed ({why}); restart {} of {}{elsewhere}",
                                     run + 1,
                                     run + 1,
                                     spec.max_restarts
@@ -708,9 +858,16 @@ pub fn plan(tj: &TrainingJob, obs: &Observed) -> Plan {
                 st.phase,
                 Some(TrainingJobPhase::Admitted | TrainingJobPhase::Running)
             ) {
-                let mut wake = deadline(spec, &st).map(|d| {
+                let until = |d: jiff::Timestamp| {
                     Duration::from_secs((d.as_second() - now.0.as_second()).max(0) as u64 + 1)
-                });
+                };
+                let mut wake = deadline(spec, &st).map(until);
+                if st.phase == Some(TrainingJobPhase::Admitted)
+                    && let Some(timeout) = start_deadline(&st)
+                {
+                    let timeout = until(timeout);
+                    wake = Some(wake.map_or(timeout, |w| w.min(timeout)));
+                }
                 if st.phase == Some(TrainingJobPhase::Running) {
                     wake = Some(wake.map_or(ACCOUNTING_INTERVAL, |w| w.min(ACCOUNTING_INTERVAL)));
                 }
@@ -839,6 +996,7 @@ mod tests {
             &Observed {
                 job,
                 pool: Some(&pool),
+                lost_nodes: vec![],
                 now: at(second),
             },
         )
@@ -1134,5 +1292,175 @@ mod tests {
         );
         let (hours, _) = settlement(&running, 700.0, &now).unwrap();
         assert!((hours - 16.0).abs() < 1e-9, "{hours}");
+    }
+
+    fn plan_with_lost(tj: &TrainingJob, job: Option<&Job>, second: i64, lost: &[&str]) -> Plan {
+        let pool = pool();
+        plan(
+            tj,
+            &Observed {
+                job,
+                pool: Some(&pool),
+                lost_nodes: lost.iter().map(|n| n.to_string()).collect(),
+                now: at(second),
+            },
+        )
+    }
+
+    #[test]
+    fn an_admitted_run_whose_pods_do_not_start_in_time_gives_its_gpus_back_and_queues_again() {
+        let mut tj = admitted(tj(json!({})), TrainingJobPhase::Admitted);
+        tj.status.as_mut().unwrap().queued_at = Some(at(-50));
+        let waiting = live_job(&tj, 0, json!({"active": 4, "ready": 2}));
+        let p = plan_at(&tj, Some(&waiting), 100);
+        assert_eq!(p.status.phase, Some(TrainingJobPhase::Admitted));
+        assert_eq!(
+            p.requeue,
+            Some(Duration::from_secs(21)),
+            "it looks again when the start timeout ends"
+        );
+
+        let p = plan_at(&tj, Some(&waiting), 120);
+        assert_eq!(p.status.phase, Some(TrainingJobPhase::Queued));
+        assert_eq!(p.status.placement, None, "the GPUs are released");
+        assert_eq!(p.status.admitted_at, None);
+        assert_eq!(
+            p.status.queued_at,
+            Some(at(120)),
+            "it had its chance: to the back of the queue"
+        );
+        assert_eq!(p.status.start_failures, 1);
+        assert_eq!(
+            p.status.gpu_hours, 0.0,
+            "a run that never started costs nothing"
+        );
+        assert_eq!(p.job, JobAction::Delete);
+        let c = crate::conditions::find(&p.status.conditions, CONDITION_ADMITTED).unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "StartTimedOut")
+        );
+        assert!(
+            c.message
+                .contains("2 of its 4 pods were running 120s after admission"),
+            "{}",
+            c.message
+        );
+        assert_eq!(p.events[0].reason, "StartTimedOut");
+        assert!(p.events[0].warning);
+
+        // A Job the API refused (never created) counts the same.
+        let p = plan_at(&tj, None, 130);
+        assert_eq!(p.status.phase, Some(TrainingJobPhase::Queued));
+        assert!(matches!(p.job, JobAction::Keep), "no Job to delete");
+
+        // The third time, the job fails instead of holding GPUs again and again.
+        let mut third = tj.clone();
+        third.status.as_mut().unwrap().start_failures = 2;
+        let p = plan_at(&third, Some(&waiting), 121);
+        assert_eq!(p.status.phase, Some(TrainingJobPhase::Failed));
+        assert_eq!(p.status.placement, None);
+        let c = crate::conditions::find(&p.status.conditions, CONDITION_FAILED).unwrap();
+        assert_eq!(c.reason, "StartFailed");
+        assert!(
+            c.message.contains("admitted 3 times without starting"),
+            "{}",
+            c.message
+        );
+
+        // All pods running in time: it runs, whatever the clock says later.
+        let ready = live_job(&tj, 0, json!({"active": 4, "ready": 4}));
+        let p = plan_at(&tj, Some(&ready), 119);
+        assert_eq!(p.status.phase, Some(TrainingJobPhase::Running));
+        let mut running = tj.clone();
+        running.status = Some(p.status);
+        let p = plan_at(&running, Some(&waiting), 500);
+        assert_eq!(p.status.phase, Some(TrainingJobPhase::Running));
+    }
+
+    #[test]
+    fn a_lost_node_releases_an_admitted_run_at_once_and_a_restart_is_placed_again() {
+        let tj0 = admitted(tj(json!({"maxRestarts": 2})), TrainingJobPhase::Admitted);
+        let waiting = live_job(&tj0, 0, json!({"active": 4, "ready": 3}));
+        let p = plan_with_lost(&tj0, Some(&waiting), 5, &["n3"]);
+        assert_eq!(p.status.phase, Some(TrainingJobPhase::Queued));
+        assert_eq!(p.status.placement, None);
+        assert!(p.events[0].message.contains("n3"), "{:?}", p.events);
+        assert_eq!(
+            p.status.queued_at,
+            tj0.status.as_ref().unwrap().queued_at,
+            "a lost node is not the job's fault: it keeps its place"
+        );
+
+        // A run that failed with a node lost restarts through the queue, not on
+        // the dead node.
+        let running = admitted(tj(json!({"maxRestarts": 2})), TrainingJobPhase::Running);
+        let failed = live_job(
+            &running,
+            0,
+            json!({"conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy", "message": "node gone"}]}),
+        );
+        let p = plan_with_lost(&running, Some(&failed), 100, &["n2"]);
+        assert_eq!(p.status.phase, Some(TrainingJobPhase::Queued));
+        assert_eq!(p.status.restarts, 1);
+        assert_eq!(p.status.placement, None, "placed again by admission");
+        assert!(
+            p.status.gpu_hours > 0.0,
+            "the run's hours up to the failure count"
+        );
+        assert_eq!(p.job, JobAction::Delete);
+        let c = crate::conditions::find(&p.status.conditions, CONDITION_ADMITTED).unwrap();
+        assert_eq!(c.reason, "NodeLost");
+        // With every node alive, the restart keeps its nodes.
+        let p = plan_with_lost(&running, Some(&failed), 100, &[]);
+        assert_eq!(p.status.phase, Some(TrainingJobPhase::Admitted));
+        assert_eq!(p.status.placement, Some(placement()));
+        assert_eq!(
+            p.status.admitted_at,
+            Some(at(100)),
+            "the new run's start timeout counts from now"
+        );
+    }
+
+    #[test]
+    fn a_run_across_the_first_of_the_month_charges_each_month_only_its_own_hours() {
+        let t = |s: &str| Time(s.parse().unwrap());
+        let spec = tj(json!({})).spec; // 4 × 8 = 32 GPUs
+        let mut st = TrainingJobStatus {
+            phase: Some(TrainingJobPhase::Running),
+            started_at: Some(t("2026-11-30T22:00:00Z")),
+            ..Default::default()
+        };
+        account(&mut st, &spec, 1000.0, &t("2026-11-30T23:00:00Z"));
+        let nov = st.period_usage.clone().unwrap();
+        assert_eq!((nov.period.as_str(), nov.gpu_hours), ("2026-11", 32.0));
+        // Two hours later, one of them in December: December is charged one hour.
+        account(&mut st, &spec, 1000.0, &t("2026-12-01T01:00:00Z"));
+        let dec = st.period_usage.clone().unwrap();
+        assert_eq!((dec.period.as_str(), dec.gpu_hours), ("2026-12", 32.0));
+        assert!((dec.energy_kwh - 32.0).abs() < 1e-9);
+        assert_eq!(
+            st.gpu_hours, 96.0,
+            "the job's lifetime hours keep everything"
+        );
+        assert_eq!(
+            this_period_usage(&st, "2026-12-15T00:00:00Z".parse().unwrap()),
+            Some((32.0, 32.0))
+        );
+        assert_eq!(
+            this_period_usage(&st, "2027-01-01T00:00:00Z".parse().unwrap()),
+            None,
+            "nothing in January yet"
+        );
+        // Settled at deletion: December's hours only.
+        let mut job = tj(json!({}));
+        job.status = Some(TrainingJobStatus {
+            phase: Some(TrainingJobPhase::Succeeded),
+            ..st
+        });
+        assert_eq!(
+            settlement(&job, 1000.0, &t("2026-12-02T00:00:00Z")),
+            Some((32.0, 32.0))
+        );
     }
 }

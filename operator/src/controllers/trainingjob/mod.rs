@@ -15,7 +15,7 @@ pub mod snapshot;
 
 use crate::apply::apply;
 use crate::context::{Context, on_error};
-use crate::controllers::{ledger, pods};
+use crate::controllers::{pods, usage};
 use crate::error::{Error, Result};
 use aifactory_api::{GpuPool, POOL_LABEL, Tenant, TrainingJob, TrainingJobStatus};
 use build::{JobAction, Observed, TRAININGJOB_LABEL};
@@ -43,6 +43,8 @@ pub const USAGE_FINALIZER: &str = "aifactory.dev/usage";
 struct JobCtx {
     ctx: Arc<Context>,
     pools: Store<GpuPool>,
+    /// Pool members (the admission pass's node cache).
+    nodes: Store<Node>,
     tenants: Store<Tenant>,
     /// Wakes the admission pass.
     changed: Arc<Notify>,
@@ -91,6 +93,14 @@ async fn reconcile(tj: Arc<TrainingJob>, c: Arc<JobCtx>) -> Result<Action> {
 /// A deleted job's GPU-hours and energy this period go to its tenant's ledger
 /// before it goes, so deleting a job does not give its hours back to the budget.
 async fn settle(tj: &TrainingJob, c: &JobCtx) -> Result<Action> {
+    // After a restart the caches fill first: a tenant not seen yet is not a
+    // tenant gone, and a pool not seen yet is not a pool without power figures.
+    for (cache, ready) in [
+        ("pools", c.pools.wait_until_ready().await),
+        ("tenants", c.tenants.wait_until_ready().await),
+    ] {
+        ready.map_err(|e| Error::Cache(cache, e.to_string()))?;
+    }
     let pool = c.pools.get(&ObjectRef::new(&tj.spec.pool));
     let watts = pool.map_or(0.0, |p| f64::from(p.spec.gpu.power_watts));
     let now = build::now();
@@ -98,13 +108,15 @@ async fn settle(tj: &TrainingJob, c: &JobCtx) -> Result<Action> {
         && let Some(tenant) =
             snapshot::tenant_of(&c.tenants.state(), &tj.namespace().unwrap_or_default())
     {
-        ledger::settle(
+        // Keyed by the job's uid: a retry after the finalizer removal failed
+        // finds it settled and adds nothing.
+        usage::settle(
             &c.ctx.client,
             &tenant.name_any(),
             &tj.spec.pool,
-            hours,
-            kwh,
+            (hours, kwh),
             now.0,
+            tj.metadata.uid.as_deref().unwrap_or_default(),
         )
         .await?;
     }
@@ -138,13 +150,31 @@ async fn run_job(tj: &TrainingJob, api: &Api<TrainingJob>, c: &JobCtx) -> Result
     c.pools
         .wait_until_ready()
         .await
-        .map_err(|e| Error::InvalidSpec(format!("pool cache: {e}")))?;
+        .map_err(|e| Error::Cache("pools", e.to_string()))?;
     let pool = c.pools.get(&ObjectRef::new(&tj.spec.pool));
+    // A node missing from a cache still filling is not a lost node.
+    c.nodes
+        .wait_until_ready()
+        .await
+        .map_err(|e| Error::Cache("nodes", e.to_string()))?;
+    let lost_nodes = tj
+        .status
+        .as_ref()
+        .and_then(|s| s.placement.as_ref())
+        .map(|p| {
+            p.nodes
+                .iter()
+                .filter(|n| !node_usable(c.nodes.get(&ObjectRef::new(n)).as_deref(), &tj.spec.pool))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
     let plan = build::plan(
         &tj,
         &Observed {
             job: job.as_ref(),
             pool: pool.as_deref(),
+            lost_nodes,
             now: build::now(),
         },
     );
@@ -179,6 +209,15 @@ async fn run_job(tj: &TrainingJob, api: &Api<TrainingJob>, c: &JobCtx) -> Result
     Ok(plan
         .requeue
         .map_or_else(Action::await_change, Action::requeue))
+}
+
+/// Whether a run can use `node`: it exists, is still in `pool`, Ready and not
+/// cordoned (pinned pods would never be scheduled there).
+fn node_usable(node: Option<&Node>, pool: &str) -> bool {
+    node.is_some_and(|n| {
+        n.labels().get(POOL_LABEL).map(String::as_str) == Some(pool)
+            && crate::controllers::gpupool::build::node_ready(n)
+    })
 }
 
 /// A reflector of `api` with managed fields pruned, and a stream that yields
@@ -303,7 +342,7 @@ pub async fn run(
         jobs: controller.store(),
         pools: pools.clone(),
         tenants: tenants.clone(),
-        nodes: node_reader,
+        nodes: node_reader.clone(),
         pods,
         priority_classes: classes,
         datasets,
@@ -321,6 +360,7 @@ pub async fn run(
             Arc::new(JobCtx {
                 ctx,
                 pools,
+                nodes: node_reader,
                 tenants: tenant_store,
                 changed,
             }),

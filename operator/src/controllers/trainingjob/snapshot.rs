@@ -59,10 +59,8 @@ pub fn job_id(tj: &TrainingJob) -> String {
     format!("{}/{}", tj.namespace().unwrap_or_default(), tj.name_any())
 }
 
-/// The accounting period containing `t`: the calendar month, UTC (`2026-01`).
-pub fn period(t: jiff::Timestamp) -> String {
-    t.strftime("%Y-%m").to_string()
-}
+pub use crate::controllers::usage::period;
+use crate::controllers::usage::round;
 
 /// The tenant owning `namespace` (the namespaces its status lists).
 pub fn tenant_of<'a>(tenants: &'a [Arc<Tenant>], namespace: &str) -> Option<&'a Arc<Tenant>> {
@@ -134,12 +132,9 @@ pub fn usage(
             continue;
         };
         let Some(status) = &tj.status else { continue };
-        let counted_now = status
-            .accounted_until
-            .as_ref()
-            .is_some_and(|t| period(t.0) == this_period);
+        let counted_now = super::build::this_period_usage(status, now);
         let holds = holds_gpus(tj);
-        if !holds && !counted_now {
+        if !holds && counted_now.is_none() {
             continue;
         }
         let pools = out.entry(tenant.name_any()).or_default();
@@ -152,9 +147,9 @@ pub fn usage(
         if holds {
             entry.gpus_in_use += tj.spec.total_gpus();
         }
-        if counted_now {
-            entry.gpu_hours += status.gpu_hours;
-            entry.energy_kwh += status.energy_kwh;
+        if let Some((hours, kwh)) = counted_now {
+            entry.gpu_hours += hours;
+            entry.energy_kwh += kwh;
         }
     }
     // Work that no longer exists but was used this period.
@@ -197,7 +192,11 @@ pub fn usage(
                 ..Default::default()
             });
         entry.gpus_in_use += i64::from(gpus);
-        if let Some((_, hours, kwh)) = session::used(ws, watts, now) {
+        // Live usage moves once a minute (not every pass); settlement counts
+        // to the second.
+        let minute = jiff::Timestamp::from_second(now.as_second() - now.as_second().rem_euclid(60))
+            .unwrap_or(now);
+        if let Some((_, hours, kwh)) = session::used(ws, watts, minute) {
             entry.gpu_hours += hours;
             entry.energy_kwh += kwh;
         }
@@ -215,10 +214,6 @@ pub fn usage(
             (tenant, pools)
         })
         .collect()
-}
-
-fn round(x: f64) -> f64 {
-    (x * 1e6).round() / 1e6
 }
 
 fn total_hours(usage: &[PoolUsage]) -> f64 {
@@ -1012,6 +1007,7 @@ mod tests {
                 gpu_hours: 30.0,
                 energy_kwh: 21.0,
             }],
+            ..Default::default()
         });
         let with_ledger = usage(
             &[],

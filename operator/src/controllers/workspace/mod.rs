@@ -75,9 +75,17 @@ pub async fn settle_session(ctx: &Context, ws: &Workspace, tenants: &Store<Tenan
         .await?
         .map_or(0.0, |p| f64::from(p.spec.gpu.power_watts));
     let now = jiff::Timestamp::now();
-    let Some((pool, hours, kwh)) = session::used(ws, watts, now) else {
+    let (Some((pool, hours, kwh)), Some(key)) =
+        (session::used(ws, watts, now), session::settlement_key(ws))
+    else {
         return Ok(());
     };
+    // A tenant missing from a cache still filling (a restart) is not a tenant
+    // gone: settling nothing would lose the hours.
+    tenants
+        .wait_until_ready()
+        .await
+        .map_err(|e| Error::Cache("tenants", e.to_string()))?;
     let tenants = tenants.state();
     let Some(tenant) = crate::controllers::trainingjob::snapshot::tenant_of(
         &tenants,
@@ -85,8 +93,15 @@ pub async fn settle_session(ctx: &Context, ws: &Workspace, tenants: &Store<Tenan
     ) else {
         return Ok(());
     };
-    crate::controllers::ledger::settle(&ctx.client, &tenant.name_any(), &pool, hours, kwh, now)
-        .await
+    crate::controllers::usage::settle(
+        &ctx.client,
+        &tenant.name_any(),
+        &pool,
+        (hours, kwh),
+        now,
+        &key,
+    )
+    .await
 }
 
 async fn provision(ws: &Workspace, c: &WorkspaceCtx) -> Result<Action> {
@@ -98,9 +113,14 @@ async fn provision(ws: &Workspace, c: &WorkspaceCtx) -> Result<Action> {
     if ws.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let cache = |e| Error::InvalidSpec(format!("cache: {e}"));
-    c.datasets.wait_until_ready().await.map_err(cache)?;
-    c.tenants.wait_until_ready().await.map_err(cache)?;
+    c.datasets
+        .wait_until_ready()
+        .await
+        .map_err(|e| Error::Cache("datasets", e.to_string()))?;
+    c.tenants
+        .wait_until_ready()
+        .await
+        .map_err(|e| Error::Cache("tenants", e.to_string()))?;
     let previous = ws.status.clone().unwrap_or_default();
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     let tenants = c.tenants.state();

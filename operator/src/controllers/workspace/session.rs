@@ -74,22 +74,29 @@ pub fn held(ws: &Workspace) -> Option<(String, i32, String)> {
 }
 
 /// GPU-hours and kWh the running session has used in the accounting period of
-/// `now` (whole minutes, so usage changes once a minute, not every pass), with
-/// its pool; `None` when it holds nothing.
+/// `now`, to the second, with its pool; `None` when it holds nothing.
 pub fn used(ws: &Workspace, watts: f64, now: jiff::Timestamp) -> Option<(String, f64, f64)> {
     let (pool, gpus, _) = held(ws)?;
     let started = ws.status.as_ref()?.session_started_at.as_ref()?.0;
-    let period_start = now
-        .to_zoned(jiff::tz::TimeZone::UTC)
-        .first_of_month()
-        .ok()?
-        .start_of_day()
-        .ok()?
-        .timestamp();
-    let from = started.max(period_start);
-    let minutes = (now.as_second() - from.as_second()).max(0) / 60;
-    let hours = f64::from(gpus) * minutes as f64 / 60.0;
-    Some((pool, hours, hours * watts / 1000.0))
+    let from = started.max(crate::controllers::usage::period_start(now));
+    let seconds = (now.as_second() - from.as_second()).max(0);
+    let hours = crate::controllers::usage::round(f64::from(gpus) * seconds as f64 / 3600.0);
+    Some((
+        pool,
+        hours,
+        crate::controllers::usage::round(hours * watts / 1000.0),
+    ))
+}
+
+/// The ledger key of the session's settlement: the workspace and when this
+/// session started, so each session settles once.
+pub fn settlement_key(ws: &Workspace) -> Option<String> {
+    let started = ws.status.as_ref()?.session_started_at.as_ref()?;
+    Some(format!(
+        "{}/{}",
+        ws.metadata.uid.as_deref().unwrap_or_default(),
+        started.0.as_second()
+    ))
 }
 
 /// Whether the session waits for admission: asked for, volumes ready (the
@@ -660,15 +667,19 @@ mod tests {
     }
 
     #[test]
-    fn a_session_uses_its_gpus_in_whole_minutes_from_the_start_of_the_period() {
+    fn a_session_uses_its_gpus_by_the_second_from_the_start_of_the_period() {
         let ws = workspace(
             session(),
             json!({"sessionNode": "gpu-7", "sessionPool": "h100", "sessionGpus": 2,
                    "sessionStartedAt": "2026-01-31T23:00:00Z"}),
         );
         let (pool, hours, kwh) = used(&ws, 700.0, "2026-01-31T23:30:59Z".parse().unwrap()).unwrap();
-        assert_eq!((pool.as_str(), hours), ("h100", 1.0));
-        assert!((kwh - 0.7).abs() < 1e-9);
+        assert_eq!(
+            (pool.as_str(), hours),
+            ("h100", 1.032778),
+            "2 GPUs for 30 min 59 s"
+        );
+        assert!((kwh - 0.722945).abs() < 1e-9, "{kwh}");
         // A new month counts from its first second.
         let (_, hours, _) = used(&ws, 700.0, "2026-02-01T00:15:00Z".parse().unwrap()).unwrap();
         assert_eq!(hours, 0.5);
