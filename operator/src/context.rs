@@ -78,6 +78,59 @@ pub fn on_error<K: ResourceExt>(
         Error::InvalidSpec(_) => Action::requeue(Duration::from_secs(300)),
         // A cache fills within seconds of a (re)start.
         Error::Cache(..) => Action::requeue(Duration::from_secs(1)),
+        // A bug: retried, but not so often that it floods the log.
+        Error::Panic(_) => Action::requeue(Duration::from_secs(60)),
         _ => Action::requeue(Duration::from_secs(5)),
+    }
+}
+
+/// `reconcile` with its panics caught and returned as [`Error::Panic`] (logged
+/// and counted by the error policy, retried a minute later): a bug that one
+/// object triggers never unwinds through the controller, which would stop every
+/// other object's reconcile and end the process.
+pub fn unpanicked<K, C, F, Fut>(
+    reconcile: F,
+) -> impl FnMut(Arc<K>, Arc<C>) -> futures::future::BoxFuture<'static, Result<Action, Error>>
+where
+    F: Fn(Arc<K>, Arc<C>) -> Fut,
+    Fut: std::future::Future<Output = Result<Action, Error>> + Send + 'static,
+{
+    use futures::FutureExt;
+    move |obj, ctx| {
+        std::panic::AssertUnwindSafe(reconcile(obj, ctx))
+            .catch_unwind()
+            .map(|result| result.unwrap_or_else(|panic| Err(Error::Panic(panic_message(&panic)))))
+            .boxed()
+    }
+}
+
+/// The message a panic carried, if it was a string.
+pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_reconcile_becomes_an_error_and_the_next_one_runs() {
+        let mut reconcile = unpanicked(|n: Arc<i32>, _: Arc<()>| async move {
+            if *n == 13 {
+                panic!("object 13 is malformed");
+            }
+            Ok(Action::await_change())
+        });
+        let err = reconcile(Arc::new(13), Arc::new(())).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Panic(m) if m == "object 13 is malformed"),
+            "{err}"
+        );
+        assert_eq!(err.metric_label(), "panic");
+        assert!(reconcile(Arc::new(1), Arc::new(())).await.is_ok());
     }
 }

@@ -21,6 +21,10 @@ pub enum Error {
     /// watch): nothing is wrong with the object, so it is retried soon.
     #[error("cache of {0} not ready: {1}")]
     Cache(&'static str, String),
+    /// The reconcile panicked (a bug): caught, so one object never takes the
+    /// process and every other object's reconcile down.
+    #[error("reconcile panicked: {0}")]
+    Panic(String),
 }
 
 impl Error {
@@ -33,6 +37,7 @@ impl Error {
             Error::Serialization(_) => "serialization".into(),
             Error::InvalidSpec(_) => "invalid_spec".into(),
             Error::Cache(..) => "cache_not_ready".into(),
+            Error::Panic(_) => "panic".into(),
         }
     }
 }

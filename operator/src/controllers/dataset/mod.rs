@@ -681,7 +681,7 @@ pub async fn run(
         })
         .graceful_shutdown_on(shutdown)
         .run(
-            reconcile,
+            crate::context::unpanicked(reconcile),
             |ds: Arc<Dataset>, err: &Error, c: Arc<DatasetCtx>| {
                 on_error(CONTROLLER, ds.as_ref(), err, &c.ctx)
             },

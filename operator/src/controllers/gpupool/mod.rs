@@ -201,7 +201,11 @@ pub async fn run(
         .watches_stream(nodes, move |_node: Node| on_node())
         .watches_stream(pods.1, move |_pod: Pod| on_pod())
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy_for, Arc::new((ctx, caches)))
+        .run(
+            crate::context::unpanicked(reconcile),
+            error_policy_for,
+            Arc::new((ctx, caches)),
+        )
         .for_each(|_| futures::future::ready(()))
         .await;
 }

@@ -282,7 +282,7 @@ pub async fn run(
         })
         .graceful_shutdown_on(shutdown)
         .run(
-            reconcile,
+            crate::context::unpanicked(reconcile),
             |t: Arc<Tenant>, err: &Error, tc: Arc<TenantCtx>| {
                 on_error(CONTROLLER, t.as_ref(), err, &tc.ctx)
             },

@@ -353,7 +353,7 @@ pub async fn run(
     let reconciler = controller
         .graceful_shutdown_on(shutdown)
         .run(
-            reconcile,
+            crate::context::unpanicked(reconcile),
             |tj: Arc<TrainingJob>, err: &Error, c: Arc<JobCtx>| {
                 on_error(CONTROLLER, tj.as_ref(), err, &c.ctx)
             },

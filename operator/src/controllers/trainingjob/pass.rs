@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::metrics::{PoolLabels, TenantPoolLabels};
 use aifactory_admission::{Admission, Eviction, Outcome, admit};
 use aifactory_api::{GpuPool, Tenant, TrainingJob, Workspace};
+use futures::FutureExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -154,7 +155,20 @@ pub async fn run(
         }
         catch_up(&caches, &written).await;
         let _timer = ctx.metrics.reconcile(CONTROLLER);
-        written = pass(&ctx, &caches).await;
+        // A bug one object triggers must not end admission for the factory:
+        // the pass is counted as failed and tried again at the next wake.
+        written = match std::panic::AssertUnwindSafe(pass(&ctx, &caches))
+            .catch_unwind()
+            .await
+        {
+            Ok(written) => written,
+            Err(panic) => {
+                let message = crate::context::panic_message(&panic);
+                tracing::error!(%message, "the admission pass panicked");
+                ctx.metrics.error(CONTROLLER, "panic".into());
+                vec![]
+            }
+        };
     }
 }
 

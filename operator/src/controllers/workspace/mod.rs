@@ -416,7 +416,7 @@ pub async fn run(
         })
         .graceful_shutdown_on(shutdown)
         .run(
-            reconcile,
+            crate::context::unpanicked(reconcile),
             |ws: Arc<Workspace>, err: &Error, c: Arc<WorkspaceCtx>| {
                 on_error(CONTROLLER, ws.as_ref(), err, &c.ctx)
             },
