@@ -216,5 +216,29 @@ async fn an_operator_killed_mid_reconcile_and_restarted_converges_without_duplic
         status.restarts, 0,
         "a restart of the operator is not a restart of the run"
     );
+
+    // The running job is deleted while the operator is down: the restarted
+    // operator settles its hours in the ledger once its caches are filled (a
+    // tenant not in a cold cache yet is not a tenant gone).
+    kill_operator()?;
+    jobs.delete("run", &Default::default()).await?;
+    operator_sh("start")?;
+    wait_for("the deleted job gone", WAIT, || async {
+        Ok(jobs.get_opt("run").await?.is_none().then_some(()))
+    })
+    .await?;
+    let ledger = tenants
+        .get(&tenant)
+        .await?
+        .status
+        .and_then(|s| s.ledger)
+        .expect("the deleted job's hours in the ledger");
+    assert_eq!(ledger.usage.len(), 1, "{ledger:?}");
+    assert!(
+        ledger.usage[0].gpu_hours > 0.0 && ledger.usage[0].gpu_hours >= status.gpu_hours,
+        "{ledger:?} vs the job's {} when last accounted",
+        status.gpu_hours
+    );
+    assert_eq!(ledger.settled.len(), 1, "settled once: {ledger:?}");
     Ok(())
 }

@@ -803,31 +803,154 @@ async fn an_admitted_job_whose_pods_cannot_start_gives_its_gpus_back_within_the_
             }
         },
     )
-    .await?;
+    .await;
+    let next = match next {
+        Ok(next) => next,
+        Err(e) => anyhow::bail!(
+            "{e}\nstuck: {:?}\nnext: {:?}",
+            api.get("stuck").await?.status,
+            api.get("next").await?.status
+        ),
+    };
     assert!(next.status.and_then(|s| s.placement).is_some());
     let stuck = api.get("stuck").await?;
     let st = stuck.status.clone().unwrap_or_default();
     assert_eq!(st.phase, Some(TrainingJobPhase::Queued), "{st:?}");
     assert_eq!(st.start_failures, 1);
     assert!(st.placement.is_none());
-    let admitted = st
+    // Admitted now says why it waits again (the pass's reason); Ready and the
+    // Event say why it lost its GPUs.
+    let ready = st
         .conditions
         .iter()
-        .find(|c| c.type_ == "Admitted")
-        .expect("an Admitted condition");
-    assert_eq!(admitted.reason, "StartTimedOut");
+        .find(|c| c.type_ == "Ready")
+        .expect("a Ready condition");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "StartTimedOut")
+    );
+    let notes: Vec<String> = Api::<Event>::namespaced(f.client.clone(), &acme)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("StartTimedOut"))
+        .filter_map(|e| e.note)
+        .collect();
     assert!(
-        admitted
-            .message
-            .contains("0 of its 1 pods were running 120s after admission"),
-        "{}",
-        admitted.message
+        notes
+            .iter()
+            .any(|n| n.contains("0 of its 1 pods were running 120s after admission")),
+        "{notes:?}"
     );
     assert!(
         f.events(&acme, "stuck")
             .await?
             .contains(&"StartTimedOut".to_string()),
         "an Event tells the tenant"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_settlement_retried_after_its_finalizer_removal_failed_is_counted_once()
+-> anyhow::Result<()> {
+    use k8s_openapi::api::admissionregistration::v1::{
+        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    };
+    let mut f = Factory::new("tj-once", 1).await?;
+    let acme = f.tenant("acme", json!({"gpus": 8})).await?;
+    f.submit(
+        &acme,
+        "short",
+        1,
+        8,
+        json!({}),
+        json!({"aifactory.dev/simulate-duration": "6s"}),
+    )
+    .await?;
+    let done = f
+        .wait_phase(&acme, "short", TrainingJobPhase::Succeeded)
+        .await?;
+    let hours = done.status.unwrap().gpu_hours;
+    assert!(hours > 0.0);
+
+    // A policy that refuses everyone (the operator too) removing the usage
+    // finalizer in this namespace: the settlement succeeds, the removal fails,
+    // and the operator retries the whole cleanup again and again.
+    let name = unique_name("deny-usage-finalizer");
+    let policy: ValidatingAdmissionPolicy = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"failurePolicy": "Fail",
+            "matchConstraints": {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": acme}},
+                "resourceRules": [{"apiGroups": ["aifactory.dev"], "apiVersions": ["*"],
+                                   "operations": ["UPDATE"], "resources": ["trainingjobs"]}]},
+            "validations": [{"expression":
+                "!has(oldObject.metadata.finalizers) || !('aifactory.dev/usage' in oldObject.metadata.finalizers) || (has(object.metadata.finalizers) && 'aifactory.dev/usage' in object.metadata.finalizers)",
+                "message": "test: the usage finalizer stays"}]}
+    }))?;
+    let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"policyName": name, "validationActions": ["Deny"]}
+    }))?;
+    let policies = Api::<ValidatingAdmissionPolicy>::all(f.client.clone());
+    let bindings = Api::<ValidatingAdmissionPolicyBinding>::all(f.client.clone());
+    policies.create(&PostParams::default(), &policy).await?;
+    f.cleanup
+        .0
+        .push(("validatingadmissionpolicy", name.clone()));
+    bindings.create(&PostParams::default(), &binding).await?;
+    f.cleanup
+        .0
+        .push(("validatingadmissionpolicybinding", name.clone()));
+    let jobs = Api::<TrainingJob>::namespaced(f.client.clone(), &acme);
+    let dry = PatchParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    wait_for("the test policy in force", WAIT, || async {
+        let refused = jobs
+            .patch(
+                "short",
+                &dry,
+                &Patch::Merge(&json!({"metadata": {"finalizers": null}})),
+            )
+            .await
+            .is_err();
+        Ok(refused.then_some(()))
+    })
+    .await?;
+
+    jobs.delete("short", &Default::default()).await?;
+    let settled = wait_for("the ledger holding the job's hours", WAIT, || async {
+        Ok(f.tenant_status(&acme).await?.ledger)
+    })
+    .await?;
+    // Several cleanups retried (every 5 s) in the meantime…
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    assert!(
+        jobs.get_opt("short").await?.is_some(),
+        "the job waits on its finalizer"
+    );
+    let ledger = f.tenant_status(&acme).await?.ledger.unwrap();
+    assert_eq!(ledger, settled, "retries added nothing");
+    assert!(
+        (ledger.usage[0].gpu_hours - hours).abs() < 1e-6,
+        "{ledger:?} vs the job's {hours}"
+    );
+    assert_eq!(ledger.settled.len(), 1, "{ledger:?}");
+
+    // …and once the removal goes through, the job goes, counted once.
+    bindings.delete(&name, &Default::default()).await?;
+    wait_for("the job gone", WAIT, || async {
+        Ok(jobs.get_opt("short").await?.is_none().then_some(()))
+    })
+    .await?;
+    let ledger = f.tenant_status(&acme).await?.ledger.unwrap();
+    assert!(
+        (ledger.usage[0].gpu_hours - hours).abs() < 1e-6,
+        "{ledger:?} vs the job's {hours}"
     );
     Ok(())
 }

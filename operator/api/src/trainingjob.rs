@@ -266,8 +266,9 @@ pub struct TrainingJobStatus {
     /// Runs started again after a failure.
     #[serde(default)]
     pub restarts: i32,
-    /// Admissions whose pods did not all start in time (the GPUs were given back
-    /// and the job queued again); the job fails with reason `StartFailed` at 3.
+    /// Admissions in a row whose pods did not all start in time (the GPUs were
+    /// given back and the job queued again, behind the jobs already waiting); the
+    /// job fails with reason `StartFailed` at 3.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub start_failures: i32,
     /// Nodes and topology domain of the current run.

@@ -630,7 +630,10 @@ pub fn plan(tj: &TrainingJob, obs: &Observed) -> Plan {
             } else if let Some(why) = start_failure(&previous, &state, spec, obs) {
                 // Never started: nothing to account; the GPUs go back at once.
                 end_run(&mut st, spec, watts, now);
-                st.start_failures = previous.start_failures + 1;
+                // A lost node is not the job's fault; a timeout is a failed start.
+                if obs.lost_nodes.is_empty() {
+                    st.start_failures = previous.start_failures + 1;
+                }
                 job_action = delete_any;
                 if st.start_failures >= MAX_START_FAILURES {
                     st.phase = Some(TrainingJobPhase::Failed);
@@ -723,6 +726,8 @@ pub fn plan(tj: &TrainingJob, obs: &Observed) -> Plan {
                         {
                             st.phase = Some(TrainingJobPhase::Running);
                             st.started_at = Some(now.clone());
+                            // Counted in a row: a run that starts clears them.
+                            st.start_failures = 0;
                             set(
                                 &mut st,
                                 CONDITION_READY,
@@ -1390,6 +1395,10 @@ mod tests {
             p.status.queued_at,
             tj0.status.as_ref().unwrap().queued_at,
             "a lost node is not the job's fault: it keeps its place"
+        );
+        assert_eq!(
+            p.status.start_failures, 0,
+            "nor does it count as a failed start"
         );
 
         // A run that failed with a node lost restarts through the queue, not on

@@ -466,7 +466,16 @@ pub fn snapshot(caches: &Caches, now: jiff::Timestamp) -> Snapshot {
             nodes: tj.spec.nodes.max(0) as u32,
             gpus_per_node: tj.spec.gpus_per_node.max(0) as u32,
             priority: priority_of(tj),
-            created: seconds(tj.metadata.creation_timestamp.as_ref()),
+            // A job that failed to start goes behind those already waiting:
+            // its place counts from when it queued again, not from its creation.
+            created: seconds(if status.start_failures > 0 {
+                status
+                    .queued_at
+                    .as_ref()
+                    .or(tj.metadata.creation_timestamp.as_ref())
+            } else {
+                tj.metadata.creation_timestamp.as_ref()
+            }),
             queued_since: seconds(
                 status
                     .queued_at
