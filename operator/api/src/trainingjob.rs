@@ -95,7 +95,7 @@ pub struct TrainingJobSpec {
     /// Extra environment of every pod. `MASTER_ADDR`, `MASTER_PORT`, `WORLD_SIZE`,
     /// `NODE_RANK`, `NPROC_PER_NODE` and `CHECKPOINT_DIR` are set by aifactory.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 128))]
+    #[schemars(length(max = 128), transform = crate::rules::container_env)]
     #[x_kube(validation = crate::rules::env_not(&RESERVED_ENV))]
     pub env: Vec<EnvVar>,
 
