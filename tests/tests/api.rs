@@ -607,6 +607,52 @@ fn invalid_cases() -> Vec<Invalid> {
                 "fileKeyRef needs the EnvFiles feature gate",
             ],
         ),
+        i(
+            "TrainingJob",
+            with(job(), "priority", json!("High_Priority")),
+            &["spec.priority", "should match"],
+        ),
+        i(
+            "TrainingJob",
+            with(job(), "checkpoint", json!({"claimName": "Scratch Claim"})),
+            &["spec.checkpoint.claimName", "should match"],
+        ),
+        i(
+            "TrainingJob",
+            with(job(), "datasets", json!([{"name": "Images"}])),
+            &["spec.datasets[0].name", "should match"],
+        ),
+        i(
+            "Workspace",
+            with(workspace(), "storage.storageClassName", json!("Fast SSD")),
+            &["spec.storage.storageClassName", "should match"],
+        ),
+        i(
+            "Dataset",
+            with(dataset(), "storageClassName", json!("fast_ssd")),
+            &["spec.storageClassName", "should match"],
+        ),
+        i(
+            "Dataset",
+            with(
+                dataset(),
+                "source",
+                json!({"url": "s3://bucket/x", "secretName": "s3 creds"}),
+            ),
+            &["spec.source.secretName", "should match"],
+        ),
+        i(
+            "Tenant",
+            with(
+                tenant(),
+                "owners",
+                json!([{"kind": "ServiceAccount", "name": "CI_Bot", "namespace": "ci"}]),
+            ),
+            &[
+                "spec.owners[0]",
+                "a ServiceAccount's name must be a lowercase DNS subdomain",
+            ],
+        ),
     ]
 }
 
@@ -758,6 +804,30 @@ async fn invalid_manifests_are_refused_with_the_field_and_the_reason() -> anyhow
         ("Workspace", workspace()),
         ("TrainingJob", job()),
         ("TrainingJob", with(job(), "env", env)),
+        (
+            "TrainingJob",
+            with(
+                with(job(), "priority", json!("high.priority")),
+                "checkpoint",
+                json!({"claimName": "workspace-alice-scratch"}),
+            ),
+        ),
+        (
+            "Dataset",
+            with(
+                dataset(),
+                "source",
+                json!({"url": "s3://b/x", "secretName": "s3-creds"}),
+            ),
+        ),
+        (
+            "Tenant",
+            with(
+                tenant(),
+                "owners",
+                json!([{"kind": "ServiceAccount", "name": "ci.bot", "namespace": "ci"}]),
+            ),
+        ),
     ] {
         api_for(&client, kind, &ns.name)
             .create(&dry_run(), &object(kind, &unique_name("valid"), spec))

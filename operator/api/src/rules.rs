@@ -174,11 +174,24 @@ pub fn valid_selector(field: &str) -> Rule {
     )))
 }
 
+/// An OpenAPI pattern: a DNS-1123 label (what names of namespaces and Datasets are).
+pub const DNS_LABEL_PATTERN: &str = DNS_1123;
+
 /// An OpenAPI pattern: a DNS-1123 subdomain, what the API server requires of the
 /// objects a spec names (claims, Secrets, StorageClasses, PriorityClasses, service
 /// accounts); at most 253 characters.
 pub const DNS_SUBDOMAIN_PATTERN: &str =
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
+/// On a `Subject`: a ServiceAccount's name is a valid service account name (a
+/// DNS-1123 subdomain), or the RoleBindings naming it are refused.
+pub fn service_account_subject() -> Rule {
+    Rule::new(format!(
+        "self.kind != 'ServiceAccount' || self.name.matches('{}')",
+        DNS_SUBDOMAIN_PATTERN.replace('\\', "\\\\")
+    ))
+    .message("a ServiceAccount's name must be a lowercase DNS subdomain: a-z, 0-9, '-' and '.'")
+}
 
 /// A container's environment variable name, as the API server checks it up to 1.33
 /// (`[-._a-zA-Z][-._a-zA-Z0-9]*`, not `.` nor `..*`); 1.34 accepts more, the chart
