@@ -642,6 +642,15 @@ fn invalid_cases() -> Vec<Invalid> {
             &["spec.source.secretName", "should match"],
         ),
         i(
+            "Dataset",
+            with(
+                dataset(),
+                "accessModes",
+                json!(["ReadWriteOncePod", "ReadOnlyMany"]),
+            ),
+            &["spec.accessModes", "ReadWriteOncePod may not be combined"],
+        ),
+        i(
             "Tenant",
             with(
                 tenant(),
@@ -652,6 +661,34 @@ fn invalid_cases() -> Vec<Invalid> {
                 "spec.owners[0]",
                 "a ServiceAccount's name must be a lowercase DNS subdomain",
             ],
+        ),
+        i(
+            "Tenant",
+            with(tenant(), "storage", json!({"maxRequest": "-1Ti"})),
+            &["spec.storage.maxRequest", "may not be negative"],
+        ),
+        i(
+            "GpuPool",
+            with(pool(), "gpu.resourceName", json!("example..com/gpu")),
+            &["spec.gpu.resourceName", "should match"],
+        ),
+        i(
+            "GpuPool",
+            with(
+                pool(),
+                "gpu.resourceName",
+                json!(format!("example.com/{}", "g".repeat(64))),
+            ),
+            &["spec.gpu.resourceName", "should match"],
+        ),
+        i(
+            "GpuPool",
+            with(
+                pool(),
+                "gpu.resourceName",
+                json!("requests.example.com/gpu"),
+            ),
+            &["spec.gpu.resourceName", "must be an extended resource name"],
         ),
     ]
 }
@@ -815,7 +852,7 @@ async fn invalid_manifests_are_refused_with_the_field_and_the_reason() -> anyhow
         (
             "Dataset",
             with(
-                dataset(),
+                with(dataset(), "accessModes", json!(["ReadWriteOncePod"])),
                 "source",
                 json!({"url": "s3://b/x", "secretName": "s3-creds"}),
             ),
@@ -823,9 +860,21 @@ async fn invalid_manifests_are_refused_with_the_field_and_the_reason() -> anyhow
         (
             "Tenant",
             with(
-                tenant(),
-                "owners",
-                json!([{"kind": "ServiceAccount", "name": "ci.bot", "namespace": "ci"}]),
+                with(
+                    tenant(),
+                    "owners",
+                    json!([{"kind": "ServiceAccount", "name": "ci.bot", "namespace": "ci"}]),
+                ),
+                "storage",
+                json!({"maxRequest": "0"}),
+            ),
+        ),
+        (
+            "GpuPool",
+            with(
+                pool(),
+                "gpu.resourceName",
+                json!(format!("{}/gpu", "a".repeat(244))),
             ),
         ),
     ] {

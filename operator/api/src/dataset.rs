@@ -53,6 +53,7 @@ pub struct DatasetSpec {
     #[serde(default = "default_access_modes")]
     #[schemars(length(min = 1, max = 4))]
     #[x_kube(merge_strategy = kube::core::ListMerge::Set)]
+    #[x_kube(validation = crate::rules::read_write_once_pod_alone())]
     pub access_modes: Vec<AccessMode>,
 
     /// Where to import the data from when the dataset is created.

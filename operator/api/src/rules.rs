@@ -183,6 +183,20 @@ pub const DNS_LABEL_PATTERN: &str = DNS_1123;
 pub const DNS_SUBDOMAIN_PATTERN: &str =
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 
+/// The string, when it is a quantity, is not negative (what a ResourceQuota's
+/// limits must be).
+pub fn non_negative_quantity(field: &str) -> Rule {
+    Rule::new("!isQuantity(self) || !quantity(self).isLessThan(quantity('0'))")
+        .message(Message::Message(format!("{field} may not be negative")))
+}
+
+/// On a list of access modes: ReadWriteOncePod is alone (a claim refuses it beside
+/// another mode).
+pub fn read_write_once_pod_alone() -> Rule {
+    Rule::new("!self.exists(m, m == 'ReadWriteOncePod') || size(self) == 1")
+        .message("ReadWriteOncePod may not be combined with other access modes")
+}
+
 /// On a `Subject`: a ServiceAccount's name is a valid service account name (a
 /// DNS-1123 subdomain), or the RoleBindings naming it are refused.
 pub fn service_account_subject() -> Rule {
