@@ -535,6 +535,161 @@ fn invalid_cases() -> Vec<Invalid> {
             ),
             &["spec.nodeSelector", "(with values)"],
         ),
+        // Specs whose children Kubernetes would refuse, found by the builder
+        // property test (operator/tests/builders).
+        i(
+            "TrainingJob",
+            with(job(), "env", json!([{"name": "1ST", "value": "a"}])),
+            &["spec.env[0].name", "should match"],
+        ),
+        i(
+            "TrainingJob",
+            with(job(), "env", json!([{"name": "", "value": "a"}])),
+            &["spec.env[0].name", "at least 1 chars"],
+        ),
+        i(
+            "TrainingJob",
+            with(
+                job(),
+                "env",
+                json!([{"name": "A", "value": "a", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]),
+            ),
+            &["spec.env[0]", "a value or a valueFrom, not both"],
+        ),
+        i(
+            "TrainingJob",
+            with(
+                job(),
+                "env",
+                json!([{"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}, "secretKeyRef": {"name": "s", "key": "k"}}}]),
+            ),
+            &["spec.env[0].valueFrom", "at most 1"],
+        ),
+        i(
+            "TrainingJob",
+            with(
+                job(),
+                "env",
+                json!([{"name": "A", "valueFrom": {"secretKeyRef": {"name": "My_Secret", "key": "k"}}}]),
+            ),
+            &["spec.env[0].valueFrom.secretKeyRef.name", "should match"],
+        ),
+        i(
+            "TrainingJob",
+            with(
+                job(),
+                "env",
+                json!([{"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "spec.containers"}}}]),
+            ),
+            &["spec.env[0].valueFrom.fieldRef.fieldPath", "should match"],
+        ),
+        i(
+            "TrainingJob",
+            with(
+                job(),
+                "env",
+                json!([{"name": "A", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "1Mi"}}}]),
+            ),
+            &[
+                "spec.env[0].valueFrom.resourceFieldRef",
+                "divisor must be 1m or 1 for cpu",
+            ],
+        ),
+        i(
+            "TrainingJob",
+            with(
+                job(),
+                "env",
+                json!([{"name": "A", "valueFrom": {"fileKeyRef": {"key": "k", "path": "p", "volumeName": "v"}}}]),
+            ),
+            &[
+                "spec.env[0].valueFrom",
+                "fileKeyRef needs the EnvFiles feature gate",
+            ],
+        ),
+        i(
+            "TrainingJob",
+            with(job(), "priority", json!("High_Priority")),
+            &["spec.priority", "should match"],
+        ),
+        i(
+            "TrainingJob",
+            with(job(), "checkpoint", json!({"claimName": "Scratch Claim"})),
+            &["spec.checkpoint.claimName", "should match"],
+        ),
+        i(
+            "TrainingJob",
+            with(job(), "datasets", json!([{"name": "Images"}])),
+            &["spec.datasets[0].name", "should match"],
+        ),
+        i(
+            "Workspace",
+            with(workspace(), "storage.storageClassName", json!("Fast SSD")),
+            &["spec.storage.storageClassName", "should match"],
+        ),
+        i(
+            "Dataset",
+            with(dataset(), "storageClassName", json!("fast_ssd")),
+            &["spec.storageClassName", "should match"],
+        ),
+        i(
+            "Dataset",
+            with(
+                dataset(),
+                "source",
+                json!({"url": "s3://bucket/x", "secretName": "s3 creds"}),
+            ),
+            &["spec.source.secretName", "should match"],
+        ),
+        i(
+            "Dataset",
+            with(
+                dataset(),
+                "accessModes",
+                json!(["ReadWriteOncePod", "ReadOnlyMany"]),
+            ),
+            &["spec.accessModes", "ReadWriteOncePod may not be combined"],
+        ),
+        i(
+            "Tenant",
+            with(
+                tenant(),
+                "owners",
+                json!([{"kind": "ServiceAccount", "name": "CI_Bot", "namespace": "ci"}]),
+            ),
+            &[
+                "spec.owners[0]",
+                "a ServiceAccount's name must be a lowercase DNS subdomain",
+            ],
+        ),
+        i(
+            "Tenant",
+            with(tenant(), "storage", json!({"maxRequest": "-1Ti"})),
+            &["spec.storage.maxRequest", "may not be negative"],
+        ),
+        i(
+            "GpuPool",
+            with(pool(), "gpu.resourceName", json!("example..com/gpu")),
+            &["spec.gpu.resourceName", "should match"],
+        ),
+        i(
+            "GpuPool",
+            with(
+                pool(),
+                "gpu.resourceName",
+                json!(format!("example.com/{}", "g".repeat(64))),
+            ),
+            &["spec.gpu.resourceName", "should match"],
+        ),
+        i(
+            "GpuPool",
+            with(
+                pool(),
+                "gpu.resourceName",
+                json!("requests.example.com/gpu"),
+            ),
+            &["spec.gpu.resourceName", "must be an extended resource name"],
+        ),
     ]
 }
 
@@ -666,13 +821,62 @@ async fn invalid_manifests_are_refused_with_the_field_and_the_reason() -> anyhow
         cases.len(),
         failures.join("\n")
     );
-    // The base specs themselves are valid, so each refusal came from its change.
+    // The base specs themselves are valid, so each refusal came from its change;
+    // and so is every form of the fields the rules above narrow.
+    let env = json!([
+        {"name": "NCCL_DEBUG", "value": "INFO"},
+        {"name": "my.env-name"},
+        {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "ZONE", "value": "", "valueFrom": {"fieldRef": {"apiVersion": "v1",
+            "fieldPath": "metadata.labels['topology.kubernetes.io/zone']"}}},
+        {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token", "optional": true}}},
+        {"name": "CFG", "valueFrom": {"configMapKeyRef": {"name": "cfg.v1", "key": ".hidden"}}},
+        {"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}},
+        {"name": "CPU", "valueFrom": {"resourceFieldRef": {"resource": "requests.cpu", "divisor": 1}}},
+    ]);
     for (kind, spec) in [
         ("GpuPool", pool()),
         ("Tenant", tenant()),
         ("Dataset", dataset()),
         ("Workspace", workspace()),
         ("TrainingJob", job()),
+        ("TrainingJob", with(job(), "env", env)),
+        (
+            "TrainingJob",
+            with(
+                with(job(), "priority", json!("high.priority")),
+                "checkpoint",
+                json!({"claimName": "workspace-alice-scratch"}),
+            ),
+        ),
+        (
+            "Dataset",
+            with(
+                with(dataset(), "accessModes", json!(["ReadWriteOncePod"])),
+                "source",
+                json!({"url": "s3://b/x", "secretName": "s3-creds"}),
+            ),
+        ),
+        (
+            "Tenant",
+            with(
+                with(
+                    tenant(),
+                    "owners",
+                    json!([{"kind": "ServiceAccount", "name": "ci.bot", "namespace": "ci"}]),
+                ),
+                "storage",
+                json!({"maxRequest": "0"}),
+            ),
+        ),
+        (
+            "GpuPool",
+            with(
+                pool(),
+                "gpu.resourceName",
+                json!(format!("{}/gpu", "a".repeat(244))),
+            ),
+        ),
     ] {
         api_for(&client, kind, &ns.name)
             .create(&dry_run(), &object(kind, &unique_name("valid"), spec))

@@ -14,6 +14,7 @@ pub type Conditions = Vec<Condition>;
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("self.kind == 'ServiceAccount' ? has(self.__namespace__) : !has(self.__namespace__)").message("namespace is required for a ServiceAccount and not allowed for a User or Group"))]
+#[x_kube(validation = crate::rules::service_account_subject())]
 pub struct Subject {
     /// Kind of subject: `User`, `Group` or `ServiceAccount`.
     pub kind: SubjectKind,
@@ -42,12 +43,12 @@ pub enum SubjectKind {
 #[serde(rename_all = "camelCase")]
 pub struct DatasetMount {
     /// Name of the Dataset.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 63), regex(pattern = crate::rules::DNS_LABEL_PATTERN))]
     pub name: String,
     /// Namespace of the Dataset when another tenant shared it with you; defaults to
     /// the namespace of the object that mounts it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 63))]
+    #[schemars(length(min = 1, max = 63), regex(pattern = crate::rules::DNS_LABEL_PATTERN))]
     pub namespace: Option<String>,
     /// Where the dataset appears inside the container (default `/data/<name>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

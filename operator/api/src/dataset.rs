@@ -45,7 +45,7 @@ pub struct DatasetSpec {
 
     /// StorageClass of the volume (default: the cluster's default class).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = crate::rules::DNS_SUBDOMAIN_PATTERN))]
     #[x_kube(validation = crate::rules::immutable("storageClassName"))]
     pub storage_class_name: Option<String>,
 
@@ -53,6 +53,7 @@ pub struct DatasetSpec {
     #[serde(default = "default_access_modes")]
     #[schemars(length(min = 1, max = 4))]
     #[x_kube(merge_strategy = kube::core::ListMerge::Set)]
+    #[x_kube(validation = crate::rules::read_write_once_pod_alone())]
     pub access_modes: Vec<AccessMode>,
 
     /// Where to import the data from when the dataset is created.
@@ -94,7 +95,7 @@ pub struct DataSource {
     /// (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, or `token` for HTTP).
     /// It is referenced by the import job, never copied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = crate::rules::DNS_SUBDOMAIN_PATTERN))]
     pub secret_name: Option<String>,
     /// S3 endpoint for S3-compatible stores other than AWS.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -77,7 +77,7 @@ pub struct GpuPoolSpec {
 }
 
 /// The GPUs of a pool's nodes.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GpuSpec {
     /// GPU model, for people and for placement, e.g. `H100-80GB`.
@@ -88,9 +88,10 @@ pub struct GpuSpec {
     #[schemars(
         length(min = 1, max = 253),
         regex(
-            pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+            pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
         )
     )]
+    #[x_kube(validation = Rule::new("!self.startsWith('requests.') && self.indexOf('/') <= 244").message("resourceName must be an extended resource name: not starting with requests., a domain of at most 244 characters (pods request it, and the tenants' ResourceQuotas limit requests.<resourceName>)"))]
     pub resource_name: String,
     /// GPUs per node.
     #[schemars(range(min = 1, max = 64))]

@@ -173,3 +173,157 @@ pub fn valid_selector(field: &str) -> Rule {
         "{field}.matchExpressions: operator must be In or NotIn (with values) or Exists or DoesNotExist (without)"
     )))
 }
+
+/// An OpenAPI pattern: a DNS-1123 label (what names of namespaces and Datasets are).
+pub const DNS_LABEL_PATTERN: &str = DNS_1123;
+
+/// An OpenAPI pattern: a DNS-1123 subdomain, what the API server requires of the
+/// objects a spec names (claims, Secrets, StorageClasses, PriorityClasses, service
+/// accounts); at most 253 characters.
+pub const DNS_SUBDOMAIN_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
+/// The string, when it is a quantity, is not negative (what a ResourceQuota's
+/// limits must be).
+pub fn non_negative_quantity(field: &str) -> Rule {
+    Rule::new("!isQuantity(self) || !quantity(self).isLessThan(quantity('0'))")
+        .message(Message::Message(format!("{field} may not be negative")))
+}
+
+/// On a list of access modes: ReadWriteOncePod is alone (a claim refuses it beside
+/// another mode).
+pub fn read_write_once_pod_alone() -> Rule {
+    Rule::new("!self.exists(m, m == 'ReadWriteOncePod') || size(self) == 1")
+        .message("ReadWriteOncePod may not be combined with other access modes")
+}
+
+/// On a `Subject`: a ServiceAccount's name is a valid service account name (a
+/// DNS-1123 subdomain), or the RoleBindings naming it are refused.
+pub fn service_account_subject() -> Rule {
+    Rule::new(format!(
+        "self.kind != 'ServiceAccount' || self.name.matches('{}')",
+        DNS_SUBDOMAIN_PATTERN.replace('\\', "\\\\")
+    ))
+    .message("a ServiceAccount's name must be a lowercase DNS subdomain: a-z, 0-9, '-' and '.'")
+}
+
+/// A container's environment variable name, as the API server checks it up to 1.33
+/// (`[-._a-zA-Z][-._a-zA-Z0-9]*`, not `.` nor `..*`); 1.34 accepts more, the chart
+/// supports 1.30.
+const ENV_NAME_PATTERN: &str = r"^([-_a-zA-Z]|\.[-_a-zA-Z0-9])[-._a-zA-Z0-9]*$";
+/// A ConfigMap or Secret key: `[-._a-zA-Z0-9]+`, not `.` nor `..*`.
+const KEY_PATTERN: &str = r"^([-_a-zA-Z0-9]|\.[-_a-zA-Z0-9])[-._a-zA-Z0-9]*$";
+/// What an environment variable's `fieldRef` may read: the downward API fields of
+/// a pod's env, or one label or annotation by its (qualified) key.
+const ENV_FIELD_PATH_PATTERN: &str = concat!(
+    r"^(metadata\.(name|namespace|uid)|spec\.(nodeName|serviceAccountName|host)",
+    r"|status\.(hostIPs?|podIPs?)",
+    r"|metadata\.labels\['([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?",
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?'\]",
+    r"|metadata\.annotations\['([A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*/)?",
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?'\])$"
+);
+/// What an environment variable's `resourceFieldRef` may read.
+const ENV_RESOURCE_PATTERN: &str =
+    r"^(limits|requests)\.(cpu|memory|ephemeral-storage|hugepages-.+)$";
+
+/// Schema transform of a list of `EnvVar` (k8s-openapi's schema, which carries
+/// none of the rules the API server applies to a container's env): every entry the
+/// CRD accepts is one a pod accepts. A name the API server takes; `valueFrom` with
+/// exactly one source and not beside a `value`; the sources' names, keys, field
+/// paths, resources and divisors as `ValidateEnv` wants them; no `fileKeyRef`
+/// (the EnvFiles feature gate is alpha, off by default).
+pub fn container_env(schema: &mut schemars::Schema) {
+    let Some(items) = schema.get_mut("items").and_then(|i| i.as_object_mut()) else {
+        return;
+    };
+    items.insert(
+        "x-kubernetes-validations".into(),
+        serde_json::json!([{
+            "rule": "!has(self.valueFrom) || !has(self.value) || size(self.value) == 0",
+            "message": "an environment variable has a value or a valueFrom, not both",
+        }]),
+    );
+    let Some(props) = items.get_mut("properties").and_then(|p| p.as_object_mut()) else {
+        return;
+    };
+    let string =
+        |pattern: &str, max: u64| serde_json::json!({"pattern": pattern, "maxLength": max});
+    let set = |v: &mut serde_json::Value, path: &[&str], extra: serde_json::Value| {
+        let mut at = v;
+        for p in path {
+            at = &mut at[*p];
+        }
+        if let (Some(at), Some(extra)) = (at.as_object_mut(), extra.as_object()) {
+            at.extend(extra.clone());
+        }
+    };
+    if let Some(name) = props.get_mut("name") {
+        set(
+            name,
+            &[],
+            serde_json::json!({
+                "description": "Name of the environment variable: letters, digits, '_', '-' and '.', not starting with a digit.",
+                "pattern": ENV_NAME_PATTERN,
+                "minLength": 1,
+            }),
+        );
+    }
+    let Some(from) = props.get_mut("valueFrom") else {
+        return;
+    };
+    set(
+        from,
+        &[],
+        serde_json::json!({
+            "minProperties": 1,
+            "maxProperties": 1,
+            "x-kubernetes-validations": [{
+                "rule": "!has(self.fileKeyRef)",
+                "message": "fileKeyRef needs the EnvFiles feature gate, off by default: use secretKeyRef or configMapKeyRef",
+            }],
+        }),
+    );
+    for source in ["configMapKeyRef", "secretKeyRef"] {
+        set(
+            from,
+            &["properties", source, "properties", "name"],
+            string(DNS_SUBDOMAIN_PATTERN, 253),
+        );
+        set(
+            from,
+            &["properties", source, "properties", "key"],
+            string(KEY_PATTERN, 253),
+        );
+    }
+    set(
+        from,
+        &["properties", "fieldRef", "properties", "apiVersion"],
+        serde_json::json!({"enum": ["v1"]}),
+    );
+    set(
+        from,
+        &["properties", "fieldRef", "properties", "fieldPath"],
+        string(ENV_FIELD_PATH_PATTERN, 274),
+    );
+    set(
+        from,
+        &["properties", "resourceFieldRef", "properties", "resource"],
+        string(ENV_RESOURCE_PATTERN, 253),
+    );
+    // Bounds the divisor rule's cost (a divisor is at most 3 characters).
+    set(
+        from,
+        &["properties", "resourceFieldRef", "properties", "divisor"],
+        serde_json::json!({"maxLength": 16}),
+    );
+    set(
+        from,
+        &["properties", "resourceFieldRef"],
+        serde_json::json!({"x-kubernetes-validations": [{
+            "rule": "!has(self.divisor) || string(self.divisor) in (self.resource.endsWith('.cpu') ? ['1m', '1'] : \
+                     ['1', '1k', '1M', '1G', '1T', '1P', '1E', '1Ki', '1Mi', '1Gi', '1Ti', '1Pi', '1Ei'])",
+            "message": "divisor must be 1m or 1 for cpu, and one of 1, 1k, 1M, 1G, 1T, 1P, 1E, 1Ki, 1Mi, 1Gi, 1Ti, 1Pi, 1Ei otherwise",
+        }]}),
+    );
+}

@@ -180,6 +180,7 @@ pub struct TenantStorage {
     /// Total storage all the tenant's claims may request, per namespace.
     #[schemars(length(min = 1, max = 32))]
     #[x_kube(validation = crate::rules::quantity("storage.maxRequest", "10Ti"))]
+    #[x_kube(validation = crate::rules::non_negative_quantity("storage.maxRequest"))]
     pub max_request: String,
     /// StorageClasses the tenant may use (empty: any).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -95,7 +95,7 @@ pub struct TrainingJobSpec {
     /// Extra environment of every pod. `MASTER_ADDR`, `MASTER_PORT`, `WORLD_SIZE`,
     /// `NODE_RANK`, `NPROC_PER_NODE` and `CHECKPOINT_DIR` are set by aifactory.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 128))]
+    #[schemars(length(max = 128), transform = crate::rules::container_env)]
     #[x_kube(validation = crate::rules::env_not(&RESERVED_ENV))]
     pub env: Vec<EnvVar>,
 
@@ -116,7 +116,7 @@ pub struct TrainingJobSpec {
 
     /// PriorityClass of the run; must be one the tenant allows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = crate::rules::DNS_SUBDOMAIN_PATTERN))]
     pub priority: Option<String>,
 
     /// Longest a run may take, e.g. `72h`; past it the run is stopped and the job
@@ -164,7 +164,7 @@ pub struct NodeResources {
 #[serde(rename_all = "camelCase")]
 pub struct Checkpoint {
     /// PersistentVolumeClaim in the job's namespace (e.g. a workspace's scratch).
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = crate::rules::DNS_SUBDOMAIN_PATTERN))]
     pub claim_name: String,
     /// Where it is mounted (default `/checkpoints`).
     #[serde(default = "default_checkpoint_path")]

@@ -67,7 +67,7 @@ pub struct WorkspaceStorage {
     pub scratch: Option<String>,
     /// StorageClass of both volumes (default: the cluster's default class).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = crate::rules::DNS_SUBDOMAIN_PATTERN))]
     #[x_kube(validation = crate::rules::immutable("storage.storageClassName"))]
     pub storage_class_name: Option<String>,
 }

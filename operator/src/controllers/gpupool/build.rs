@@ -89,9 +89,13 @@ fn pool_taint(pool: &str) -> Taint {
 }
 
 /// The merge patch that makes `node` carry (or not) the pool's label and taint, or
-/// `None` when it already does. The patch carries the node's resourceVersion so
-/// a concurrent change of the taints fails instead of being overwritten (taints
-/// are an atomic list).
+/// `None` when it already does. A member's taints of the pool key are the
+/// operator's: it keeps the pool's own (when dedicated) and drops any other, such
+/// as another pool's left behind, which the pool's pods would not tolerate and
+/// which, beside the pool's own `NoSchedule` one, the API refuses (taints are
+/// unique by key and effect). A node that is not a member loses only the pool's
+/// taint. The patch carries the node's resourceVersion so a concurrent change of
+/// the taints fails instead of being overwritten (taints are an atomic list).
 pub fn node_patch(node: &Node, pool: &str, member: bool, dedicated: bool) -> Option<Value> {
     let labelled = node.labels().get(POOL_LABEL).map(String::as_str) == Some(pool);
     let taints = node
@@ -99,9 +103,24 @@ pub fn node_patch(node: &Node, pool: &str, member: bool, dedicated: bool) -> Opt
         .as_ref()
         .and_then(|s| s.taints.clone())
         .unwrap_or_default();
-    let ours = |t: &Taint| t.key == POOL_TAINT && t.value.as_deref() == Some(pool);
-    let tainted = taints.iter().any(ours);
+    let ours = |t: &Taint| {
+        t.key == POOL_TAINT && t.value.as_deref() == Some(pool) && t.effect == "NoSchedule"
+    };
     let want_taint = member && dedicated;
+    let mut new: Vec<Taint> = taints
+        .iter()
+        .filter(|t| {
+            if member {
+                t.key != POOL_TAINT || (want_taint && ours(t))
+            } else {
+                !ours(t)
+            }
+        })
+        .cloned()
+        .collect();
+    if want_taint && !new.iter().any(ours) {
+        new.push(pool_taint(pool));
+    }
     let mut patch = json!({"metadata": {"resourceVersion": node.resource_version()}});
     let mut changed = false;
     if member && !labelled {
@@ -111,11 +130,7 @@ pub fn node_patch(node: &Node, pool: &str, member: bool, dedicated: bool) -> Opt
         patch["metadata"]["labels"] = json!({POOL_LABEL: null});
         changed = true;
     }
-    if want_taint != tainted {
-        let mut new: Vec<Taint> = taints.into_iter().filter(|t| !ours(t)).collect();
-        if want_taint {
-            new.push(pool_taint(pool));
-        }
+    if new != taints {
         patch["spec"] = json!({"taints": new});
         changed = true;
     }
@@ -382,6 +397,34 @@ mod tests {
             json!([{"key": "other", "effect": "NoExecute"}]),
             "other taints stay"
         );
+    }
+
+    #[test]
+    fn a_member_drops_the_taints_of_the_pool_key_its_pods_do_not_tolerate() {
+        // Another pool's taint left behind (that pool gone before it could remove
+        // it): beside the pool's own, the API refuses the node (taints unique by
+        // key and effect); without it, the pool's pods would not tolerate the node.
+        let mut n: Node = (*node("a", "H100", true)).clone();
+        n.spec = Some(
+            serde_json::from_value(json!({"taints": [
+            {"key": POOL_TAINT, "value": "a100", "effect": "NoSchedule"},
+            {"key": POOL_TAINT, "value": "h100", "effect": "NoExecute"},
+            {"key": "other", "effect": "NoSchedule"}]}))
+            .unwrap(),
+        );
+        let join = node_patch(&n, "h100", true, true).unwrap();
+        assert_eq!(
+            join["spec"]["taints"],
+            json!([{"key": "other", "effect": "NoSchedule"},
+                   {"key": POOL_TAINT, "value": "h100", "effect": "NoSchedule"}])
+        );
+        let shared = node_patch(&n, "h100", true, false).unwrap();
+        assert_eq!(
+            shared["spec"]["taints"],
+            json!([{"key": "other", "effect": "NoSchedule"}])
+        );
+        // Not a member: the other pools' taints are theirs to remove.
+        assert_eq!(node_patch(&n, "h100", false, true), None);
     }
 
     #[test]
