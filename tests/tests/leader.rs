@@ -161,6 +161,10 @@ struct Ledger {
     preempted: BTreeSet<(String, String)>,
     peak_per_node: BTreeMap<String, i64>,
     violations: Vec<String>,
+    /// Freeze this pid as soon as one of these jobs is seen admitted.
+    freeze: Option<(u32, BTreeSet<(String, String)>)>,
+    /// When the leader was frozen (test clock, wall clock).
+    frozen: Option<(Instant, jiff::Timestamp)>,
 }
 
 impl Ledger {
@@ -183,49 +187,71 @@ impl Ledger {
             self.first_held
                 .entry(key.clone())
                 .or_insert_with(Instant::now);
+            // Right here, not from a poll: the pass that wrote this admission is
+            // still applying its other decisions.
+            if self
+                .freeze
+                .as_ref()
+                .is_some_and(|(_, jobs)| jobs.contains(&key))
+                && let Some((pid, _)) = self.freeze.take()
+            {
+                match signal(pid, "STOP") {
+                    Ok(()) => self.frozen = Some((Instant::now(), jiff::Timestamp::now())),
+                    Err(e) => self.flag(format!("could not freeze the leader: {e}")),
+                }
+            }
         }
         self.jobs.insert(key, tj);
         self.check();
     }
 
+    /// Notes a broken invariant once, however many states show it.
+    fn flag(&mut self, violation: String) {
+        if !self.violations.contains(&violation) {
+            self.violations.push(violation);
+        }
+    }
+
     fn check(&mut self) {
-        let mut per_node: BTreeMap<&str, i64> = BTreeMap::new();
-        let mut per_tenant: BTreeMap<&str, i64> = BTreeMap::new();
-        for ((ns, _), tj) in &self.jobs {
+        let mut per_node: BTreeMap<String, (i64, Vec<String>)> = BTreeMap::new();
+        let mut per_tenant: BTreeMap<String, i64> = BTreeMap::new();
+        for ((ns, name), tj) in &self.jobs {
             let Some(nodes) = holding(tj) else { continue };
             for node in nodes {
-                *per_node.entry(node).or_default() += tj.spec.gpus_per_node as i64;
+                let held = per_node.entry(node.clone()).or_default();
+                held.0 += tj.spec.gpus_per_node as i64;
+                held.1.push(format!("{ns}/{name}"));
             }
-            *per_tenant.entry(ns).or_default() += nodes.len() as i64 * tj.spec.gpus_per_node as i64;
+            *per_tenant.entry(ns.clone()).or_default() +=
+                nodes.len() as i64 * tj.spec.gpus_per_node as i64;
         }
-        for (node, gpus) in &per_node {
-            let peak = self.peak_per_node.entry(node.to_string()).or_default();
-            *peak = (*peak).max(*gpus);
-            if *gpus > GPUS_PER_NODE {
-                self.violations
-                    .push(format!("node {node} given {gpus} GPUs of {GPUS_PER_NODE}"));
+        for (node, (gpus, jobs)) in per_node {
+            let peak = self.peak_per_node.entry(node.clone()).or_default();
+            *peak = (*peak).max(gpus);
+            if gpus > GPUS_PER_NODE {
+                self.flag(format!(
+                    "node {node} given {gpus} GPUs of {GPUS_PER_NODE}, by {jobs:?}"
+                ));
             }
         }
         for (ns, gpus) in per_tenant {
-            let ceiling = self.ceilings[ns];
+            let ceiling = self.ceilings[&ns];
             if gpus > ceiling {
-                self.violations.push(format!(
+                self.flag(format!(
                     "tenant {ns} holds {gpus} GPUs, more than its {ceiling}"
                 ));
             }
         }
-        for (key, times) in &self.admissions {
-            if times.len() > 1 {
-                let v = format!(
-                    "{}/{} admitted {} times: {times:?}",
-                    key.0,
-                    key.1,
-                    times.len()
-                );
-                if !self.violations.contains(&v) {
-                    self.violations.push(v);
-                }
-            }
+        let twice: Vec<String> = self
+            .admissions
+            .iter()
+            .filter(|(_, times)| times.len() > 1)
+            .map(|((ns, name), times)| {
+                format!("{ns}/{name} admitted {} times: {times:?}", times.len())
+            })
+            .collect();
+        for v in twice {
+            self.flag(v);
         }
     }
 
@@ -455,7 +481,6 @@ async fn a_leader_frozen_past_its_lease_never_writes_beside_its_successor() -> a
     );
 
     // The first wave fills the pool; the second waits for it to finish.
-    let mut wave_two = vec![];
     for (ns, shapes) in [(&acme, [(1, 8), (1, 8)]), (&beta, [(1, 4), (1, 4)])] {
         for (i, shape) in shapes.into_iter().enumerate() {
             submit(&client, ns, &format!("first-{i}"), &pool, shape, "12s").await?;
@@ -466,35 +491,36 @@ async fn a_leader_frozen_past_its_lease_never_writes_beside_its_successor() -> a
         Ok((l.phases().get("Running") == Some(&4)).then_some(()))
     })
     .await?;
+    // Armed before the second wave goes in: the watch freezes the leader (SIGSTOP)
+    // the moment its pass is seen admitting one of these.
+    let second: BTreeSet<(String, String)> = (0..6)
+        .map(|i| (acme.clone(), format!("second-{i}")))
+        .chain((0..4).map(|i| (beta.clone(), format!("second-{i}"))))
+        .collect();
+    ledger.lock().unwrap().freeze = Some((replicas.leader, second));
     for i in 0..6 {
         submit(&client, &acme, &format!("second-{i}"), &pool, (1, 4), "10s").await?;
-        wave_two.push((acme.clone(), format!("second-{i}")));
     }
     for i in 0..4 {
         submit(&client, &beta, &format!("second-{i}"), &pool, (2, 4), "10s").await?;
-        wave_two.push((beta.clone(), format!("second-{i}")));
     }
 
-    // Freeze the leader as its pass admits the second wave.
-    wait_for("a job of the second wave admitted", WAIT, || async {
-        let l = ledger.lock().unwrap();
-        Ok(wave_two
-            .iter()
-            .any(|k| l.first_held.contains_key(k))
-            .then_some(()))
-    })
+    let (stopped, stopped_at) = wait_for(
+        "the leader frozen as it admits the second wave",
+        WAIT,
+        || async { Ok(ledger.lock().unwrap().frozen) },
+    )
     .await?;
-    signal(replicas.leader, "STOP")?;
-    let stopped = Instant::now();
-    let stopped_at = jiff::Timestamp::now();
-    let held_when_frozen: BTreeSet<_> = ledger.lock().unwrap().first_held.keys().cloned().collect();
-    println!(
-        "froze the leader {} (pid {}) with {} jobs admitted; phases {:?}",
-        leader_identity,
-        replicas.leader,
-        held_when_frozen.len(),
-        ledger.lock().unwrap().phases()
-    );
+    {
+        let l = ledger.lock().unwrap();
+        println!(
+            "froze the leader {} (pid {}) with {} jobs admitted; phases {:?}",
+            leader_identity,
+            replicas.leader,
+            l.first_held.len(),
+            l.phases()
+        );
+    }
 
     wait_for("the standby to take the lease", WAIT, || async {
         Ok(
@@ -503,13 +529,18 @@ async fn a_leader_frozen_past_its_lease_never_writes_beside_its_successor() -> a
         )
     })
     .await?;
-    let failover = stopped.elapsed();
-    println!("the standby leads {failover:.1?} after the freeze");
+    let took_over = Instant::now();
+    println!(
+        "the standby leads {:.1?} after the freeze",
+        took_over - stopped
+    );
+    // The frozen leader's admissions were all in before it froze; any job first
+    // seen holding GPUs after the takeover was admitted by the standby.
     wait_for("the standby to admit a job", WAIT, || async {
         let l = ledger.lock().unwrap();
         Ok(l.first_held
             .iter()
-            .find(|(k, _)| !held_when_frozen.contains(*k))
+            .find(|(_, at)| **at > took_over)
             .map(|(k, at)| (k.clone(), at.duration_since(stopped))))
     })
     .await
