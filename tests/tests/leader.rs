@@ -13,7 +13,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ResourceQuota;
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -436,7 +436,8 @@ async fn a_leader_frozen_past_its_lease_never_writes_beside_its_successor() -> a
     let watch = {
         let (ledger, api) = (ledger.clone(), Api::<TrainingJob>::all(client.clone()));
         tokio::spawn(async move {
-            let mut events = std::pin::pin!(watcher(api, watcher::Config::default()));
+            let mut events =
+                std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
             while let Some(event) = events.next().await {
                 if let Ok(watcher::Event::Apply(tj) | watcher::Event::InitApply(tj)) = event {
                     ledger.lock().unwrap().apply(tj);
@@ -480,19 +481,17 @@ async fn a_leader_frozen_past_its_lease_never_writes_beside_its_successor() -> a
         "the second replica took the lease from a live leader:\n{standby_started}"
     );
 
-    // The first wave fills the pool; the second waits for it to finish.
-    for (ns, shapes) in [(&acme, [(1, 8), (1, 8)]), (&beta, [(1, 4), (1, 4)])] {
-        for (i, shape) in shapes.into_iter().enumerate() {
-            submit(&client, ns, &format!("first-{i}"), &pool, shape, "12s").await?;
-        }
-    }
-    wait_for("the first wave to run", WAIT, || async {
+    // A long job keeps a node busy; it ends while the leader is frozen, so the
+    // standby has GPUs to hand out as soon as it leads.
+    submit(&client, &acme, "long", &pool, (1, 8), "15s").await?;
+    wait_for("the long job to run", WAIT, || async {
         let l = ledger.lock().unwrap();
-        Ok((l.phases().get("Running") == Some(&4)).then_some(()))
+        Ok((l.phases().get("Running") == Some(&1)).then_some(()))
     })
     .await?;
-    // Armed before the second wave goes in: the watch freezes the leader (SIGSTOP)
-    // the moment its pass is seen admitting one of these.
+    // A burst of 10 jobs for the 16 free GPUs: one pass admits some and queues the
+    // others. Armed before the burst goes in, the watch freezes the leader (SIGSTOP)
+    // the moment that pass is seen admitting one: its other decisions are in flight.
     let second: BTreeSet<(String, String)> = (0..6)
         .map(|i| (acme.clone(), format!("second-{i}")))
         .chain((0..4).map(|i| (beta.clone(), format!("second-{i}"))))
@@ -505,12 +504,11 @@ async fn a_leader_frozen_past_its_lease_never_writes_beside_its_successor() -> a
         submit(&client, &beta, &format!("second-{i}"), &pool, (2, 4), "10s").await?;
     }
 
-    let (stopped, stopped_at) = wait_for(
-        "the leader frozen as it admits the second wave",
-        WAIT,
-        || async { Ok(ledger.lock().unwrap().frozen) },
-    )
-    .await?;
+    let (stopped, stopped_at) =
+        wait_for("the leader frozen as it admits the burst", WAIT, || async {
+            Ok(ledger.lock().unwrap().frozen)
+        })
+        .await?;
     {
         let l = ledger.lock().unwrap();
         println!(
@@ -599,7 +597,7 @@ async fn a_leader_frozen_past_its_lease_never_writes_beside_its_successor() -> a
         Duration::from_secs(240),
         || async {
             let l = ledger.lock().unwrap();
-            Ok((l.phases().get("Succeeded") == Some(&14)).then(|| l.phases()))
+            Ok((l.phases().get("Succeeded") == Some(&11)).then(|| l.phases()))
         },
     )
     .await;
