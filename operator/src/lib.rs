@@ -6,6 +6,7 @@ pub mod conditions;
 pub mod context;
 pub mod controllers;
 pub mod error;
+pub mod fence;
 pub mod leader;
 pub mod metrics;
 pub mod server;

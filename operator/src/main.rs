@@ -2,7 +2,8 @@
 //! /metrics, takes the leader Lease, then runs every controller until SIGTERM.
 use aifactory::context::Context;
 use aifactory::controllers::{dataset, gpupool, pods, tenant, trainingjob, workspace};
-use aifactory::leader::Election;
+use aifactory::fence::{Fence, fenced_client};
+use aifactory::leader::{Election, Timing};
 use aifactory::metrics::Metrics;
 use aifactory::server::{self, Health};
 use anyhow::{Context as _, bail};
@@ -130,9 +131,12 @@ async fn terminate() {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logging(args.log_format, &args.log_level);
-    let client = Client::try_default()
+    let config = kube::Config::infer()
         .await
         .context("connecting to the Kubernetes API")?;
+    // The only client not fenced: the election's, which is how leadership is
+    // gained and kept; besides the Lease it only reads (wait_for_crds).
+    let client = Client::try_from(config.clone()).context("connecting to the Kubernetes API")?;
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());
     tokio::spawn(server::serve(
@@ -153,17 +157,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         namespace: args.lease_namespace.clone(),
         name: args.lease_name.clone(),
         identity: identity.clone(),
-        lease_duration: Duration::from_secs(15),
-        renew_every: Duration::from_secs(5),
+        timing: Timing::default(),
     };
+    election.timing.validate().map_err(anyhow::Error::msg)?;
+    let fence = Fence::new();
+    // Every write of every controller and of the admission pass goes through this
+    // client, so none goes out once the fence is shut.
+    let writer = fenced_client(config, fence.clone()).context("building the operator's client")?;
     // A standby waits here, writing nothing, until the leader goes.
     tokio::select! {
-        _ = election.acquire(&client) => {},
+        _ = election.acquire(&client, &fence) => {},
         _ = terminate() => { tracing::info!("terminated while standing by"); return Ok(()); }
     }
     health.leader.store(true, Ordering::Relaxed);
 
-    let ctx = Context::new(client.clone(), metrics, identity);
+    let ctx = Context::new(writer.clone(), metrics, identity);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -174,38 +182,38 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (pool_reader, pool_writer) = reflector::store();
     let pool_stream = reflector::reflector(
         pool_writer,
-        watcher(Api::all(client.clone()), watcher::Config::default()).default_backoff(),
+        watcher(Api::all(writer.clone()), watcher::Config::default()).default_backoff(),
     )
     .touched_objects();
     let mut controllers = tokio::task::JoinSet::new();
     controllers.spawn(gpupool::run(
-        client.clone(),
+        writer.clone(),
         ctx.clone(),
-        pods::reflect(client.clone()),
+        pods::reflect(writer.clone()),
         args.concurrency,
         stopped(),
     ));
     controllers.spawn(tenant::run(
-        client.clone(),
+        writer.clone(),
         ctx.clone(),
         (pool_reader, pool_stream),
         args.concurrency,
         stopped(),
     ));
     controllers.spawn(trainingjob::run(
-        client.clone(),
+        writer.clone(),
         ctx.clone(),
         args.concurrency,
         stopped(),
     ));
     controllers.spawn(dataset::run(
-        client.clone(),
+        writer.clone(),
         ctx.clone(),
         args.concurrency,
         stopped(),
     ));
     controllers.spawn(workspace::run(
-        client.clone(),
+        writer.clone(),
         ctx.clone(),
         args.concurrency,
         stopped(),
@@ -214,15 +222,28 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let outcome = tokio::select! {
         _ = terminate() => { tracing::info!("SIGTERM: finishing reconciles in flight"); Ok(()) }
-        _ = election.hold(&client) => Err(anyhow::anyhow!("lost the leader lease; exiting so a fresh start re-elects")),
+        lost = election.hold(&client, &fence) => Err(anyhow::anyhow!("{lost}; exiting, to start again as a standby")),
         _ = controllers.join_next() => Err(anyhow::anyhow!("a controller stopped unexpectedly")),
     };
     let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(20), async {
-        while controllers.join_next().await.is_some() {}
-    })
-    .await;
-    election.release(&client).await;
+    if fence.open_until().is_some() {
+        // Still leading: keep the lease while reconciles in flight finish, so their
+        // writes are the leader's.
+        let drained = tokio::time::timeout(Duration::from_secs(20), async {
+            while controllers.join_next().await.is_some() {}
+        });
+        tokio::select! {
+            _ = drained => {},
+            lost = election.hold(&client, &fence) => tracing::warn!("{lost} while finishing reconciles"),
+        }
+    }
+    // Nothing may be written once the lease is free (a reconcile that did not
+    // finish is cut off here).
+    fence.shut();
+    health.leader.store(false, Ordering::Relaxed);
+    // Bounded: an unreachable API server must not hold the exit past the pod's
+    // termination grace period (30 s, of which the drain takes up to 20 s).
+    let _ = tokio::time::timeout(Duration::from_secs(5), election.release(&client)).await;
     outcome
 }
 

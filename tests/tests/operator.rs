@@ -89,8 +89,8 @@ async fn a_second_replica_stands_by_while_the_first_holds_the_lease() -> anyhow:
             },
         )
         .await?;
-        // Two renewal periods later the first replica still leads, and the standby
-        // never started its controllers.
+        // Five renewals (2 s apart) later the first replica still leads, and the
+        // standby never started its controllers.
         tokio::time::sleep(Duration::from_secs(11)).await;
         let holder = leases
             .get("aifactory-operator")
