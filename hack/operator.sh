@@ -40,6 +40,9 @@ case ${1:-} in
     kubectl apply --server-side -f "$root/charts/aifactory/templates/clusterrole.yaml" >/dev/null
     kubectl create clusterrolebinding aifactory-operator --clusterrole aifactory-operator --user aifactory-operator \
       --dry-run=client -o yaml | kubectl apply --server-side -f - >/dev/null
+    # This operator's user, and the user a second replica runs as (the leader
+    # and chaos tests start one as aifactory-operator-b, bound to the same role).
+    operator_users=aifactory-operator,aifactory-operator-b
     # The chart's usage guard, with this operator's user allowed to remove the
     # usage finalizer (tenants may not), and its queue guard, with this operator's
     # user allowed to write GPU workloads in tenant namespaces (nobody else may):
@@ -47,7 +50,7 @@ case ${1:-} in
     if [ -x "$HELM_BIN_DIR/helm" ]; then
       "$HELM_BIN_DIR/helm" template aifactory "$root/charts/aifactory" --namespace default \
         --show-only templates/usage-guard.yaml --show-only templates/queue-guard.yaml \
-        --set 'usageGuard.operatorUsers={aifactory-operator}' --set 'queueGuard.operatorUsers={aifactory-operator}' \
+        --set "usageGuard.operatorUsers={$operator_users}" --set "queueGuard.operatorUsers={$operator_users}" \
         | kubectl apply --server-side -f - >/dev/null
     else
       echo "helm not built ($HELM_BIN_DIR): the usage and queue guards are not installed" >&2

@@ -95,9 +95,9 @@ pub async fn impersonate(user: &str, groups: &[&str]) -> Result<Client> {
     client_from(&admin_kubeconfig(), Some((user, groups))).await
 }
 
-/// A client authenticating as `user` with its own client certificate, issued by the
-/// factory's CA through `hack/factory-user.sh`.
-pub async fn user_with_certificate(user: &str, groups: &[&str]) -> Result<Client> {
+/// A kubeconfig for `user` in `groups` with its own client certificate, issued by
+/// the factory's CA through `hack/factory-user.sh`.
+pub fn user_kubeconfig(user: &str, groups: &[&str]) -> Result<PathBuf> {
     let out = Command::new(repo_root().join("hack/factory-user.sh"))
         .arg(user)
         .args(groups)
@@ -109,13 +109,32 @@ pub async fn user_with_certificate(user: &str, groups: &[&str]) -> Result<Client
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let path = String::from_utf8(out.stdout)?
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    client_from(Path::new(&path), None).await
+    Ok(PathBuf::from(
+        String::from_utf8(out.stdout)?
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim(),
+    ))
+}
+
+/// A client authenticating as `user` with its own client certificate.
+pub async fn user_with_certificate(user: &str, groups: &[&str]) -> Result<Client> {
+    client_from(&user_kubeconfig(user, groups)?, None).await
+}
+
+/// Runs `hack/operator.sh <action>` (`start`, `stop`) for the suite's operator.
+pub fn operator_sh(action: &str) -> Result<()> {
+    let out = Command::new(repo_root().join("hack/operator.sh"))
+        .arg(action)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "operator.sh {action}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
 }
 
 /// The cached directory of the local factory's binaries (kubectl among them).

@@ -52,18 +52,6 @@ fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn operator_sh(action: &str) -> anyhow::Result<()> {
-    let out = Command::new(repo_root().join("hack/operator.sh"))
-        .arg(action)
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "operator.sh {action}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
 /// A kubeconfig for the standby's own user, bound to the operator's ClusterRole.
 async fn standby_kubeconfig(client: &Client) -> anyhow::Result<PathBuf> {
     let crb: ClusterRoleBinding = serde_json::from_value(json!({
@@ -79,21 +67,7 @@ async fn standby_kubeconfig(client: &Client) -> anyhow::Result<PathBuf> {
             &Patch::Apply(&crb),
         )
         .await?;
-    let out = Command::new(repo_root().join("hack/factory-user.sh"))
-        .arg(STANDBY_USER)
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "factory-user.sh: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let path = String::from_utf8(out.stdout)?
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    Ok(PathBuf::from(path))
+    user_kubeconfig(STANDBY_USER, &[])
 }
 
 /// The second replica, and putting things back however the test ends: the old

@@ -40,18 +40,6 @@ fn kill_operator() -> anyhow::Result<()> {
     anyhow::bail!("operator {pid} survived SIGKILL")
 }
 
-fn operator_sh(action: &str) -> anyhow::Result<()> {
-    let out = Command::new(repo_root().join("hack/operator.sh"))
-        .arg(action)
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "operator.sh {action}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
 async fn count<K>(client: &Client, ns: &str, selector: &str) -> anyhow::Result<usize>
 where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
