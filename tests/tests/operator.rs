@@ -57,11 +57,14 @@ async fn a_second_replica_stands_by_while_the_first_holds_the_lease() -> anyhow:
         std::env::temp_dir().join(format!("standby-{}.log", std::process::id())),
     )?;
     let log_path = std::env::temp_dir().join(format!("standby-{}.log", std::process::id()));
+    let standby_addr = free_local_addr()?;
+    let ready_url = format!("http://{standby_addr}/readyz");
+    let ready_url = ready_url.as_str();
     let mut standby = Command::new(&binary)
         .args([
             "run",
             "--http-addr",
-            "127.0.0.1:18081",
+            &standby_addr,
             "--identity",
             "standby-replica",
         ])
@@ -73,7 +76,7 @@ async fn a_second_replica_stands_by_while_the_first_holds_the_lease() -> anyhow:
         wait_for(
             "the standby to be ready",
             Duration::from_secs(30),
-            || async { Ok((get("http://127.0.0.1:18081/readyz")?.0 == 200).then_some(())) },
+            || async move { Ok((get(ready_url)?.0 == 200).then_some(())) },
         )
         .await?;
         wait_for(
@@ -105,7 +108,7 @@ async fn a_second_replica_stands_by_while_the_first_holds_the_lease() -> anyhow:
             !log.contains("controllers running"),
             "the standby ran controllers:\n{log}"
         );
-        let (_, body) = get("http://127.0.0.1:18081/readyz")?;
+        let (_, body) = get(ready_url)?;
         assert!(body.contains("leader: false"), "{body}");
         anyhow::Ok(())
     }
