@@ -57,9 +57,9 @@ running_here=0
 for c in "${COMPONENTS[@]}"; do if alive "$c"; then running_here=1; fi; done
 if [ "$running_here" = 1 ] && [ ! -f "$marker" ]; then
   rm -f "$owner"
-  echo "a factory hack/test.sh did not start runs in $STATE; the suite runs on a factory of its own:" \
-    "unset AIFACTORY_STATE (default ~/.cache/aifactory/test-factory) or stop that one with" \
-    "AIFACTORY_STATE=$STATE AIFACTORY_PORT_OFFSET=<its offset> hack/factory-down.sh" >&2
+  echo "a factory hack/test.sh did not start runs in $STATE, and the suite runs on a factory of its own:" \
+    "stop that one (AIFACTORY_STATE=$STATE hack/operator.sh stop; AIFACTORY_STATE=$STATE hack/factory-down.sh)" \
+    "or give the suite another AIFACTORY_STATE and AIFACTORY_PORT_OFFSET" >&2
   exit 1
 fi
 
