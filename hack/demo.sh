@@ -7,23 +7,26 @@
 # Mary's reclaiming its guarantee, so one borrowed job is preempted, requeued and
 # started again. Leaves the factory and the operator running; stop them with
 # `hack/operator.sh stop && make factory-down`.
+# The factory is the one AIFACTORY_STATE and AIFACTORY_PORT_OFFSET name (default:
+# ~/.cache/aifactory/factory, offset 0), so the test suite runs the demo on its own.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
-source hack/versions.sh
+# shellcheck source-path=SCRIPTDIR source=factory-lib.sh
+source hack/factory-lib.sh
 step() { printf '\n== %s\n' "$*"; }
 
 step "starting the local factory (the first run builds Kubernetes from source: minutes)"
 hack/factory-up.sh --nodes 16 >/dev/null
 hack/factory-nodes.sh --prefix a100-node --count 4 --gpu-model A100-40GB --first-rack 4 --first-block 2 >/dev/null
-export KUBECONFIG=${AIFACTORY_STATE:-$HOME/.cache/aifactory/factory}/admin.kubeconfig
+export KUBECONFIG=$ADMIN_KUBECONFIG
 kubectl() { "$BIN_DIR/kubectl" "$@"; }
 
 step "installing the aifactory CRDs"
 kubectl apply --server-side -f crds/ >/dev/null
 kubectl wait --for condition=Established -f crds/ --timeout=60s >/dev/null
 
-step "starting the operator (log: ${AIFACTORY_STATE:-$HOME/.cache/aifactory/factory}/logs/operator.log)"
+step "starting the operator (log: $STATE/logs/operator.log)"
 hack/operator.sh start
 
 step "the platform team applies the factory: GPU pools and tenants"
@@ -105,4 +108,9 @@ if [ -n "$story" ]; then
   echo "the demo's story did not happen: $story" >&2
   exit 1
 fi
-printf '\nThe factory keeps running: export KUBECONFIG=%s\nStop it with: make factory-down\n' "$KUBECONFIG"
+# The commands that stop it must name this factory when it is not the default one.
+env=""
+[ -n "${AIFACTORY_STATE:-}" ] && env+="AIFACTORY_STATE=$STATE "
+[ "$PORT_OFFSET" != 0 ] && env+="AIFACTORY_PORT_OFFSET=$PORT_OFFSET "
+printf '\nThe factory keeps running: export KUBECONFIG=%s\nStop it with: %shack/operator.sh stop && %smake factory-down\n' \
+  "$KUBECONFIG" "$env" "$env"

@@ -38,6 +38,20 @@ POD_CIDR=10.128.0.0/12
 # Start order; factory-down stops in reverse.
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 
+# ports NAME: the ports the component listens on.
+ports() {
+  case $1 in
+    etcd) echo "$ETCD_PORT $ETCD_PEER_PORT" ;;
+    kube-apiserver) echo "$APISERVER_PORT" ;;
+    kube-controller-manager) echo "$KCM_PORT" ;;
+    kube-scheduler) echo "$SCHEDULER_PORT" ;;
+    kwok) echo "$KWOK_PORT" ;;
+  esac
+}
+
+# port_free PORT: nothing listens on 127.0.0.1:PORT (a connection is refused).
+port_free() { ! (: </dev/tcp/127.0.0.1/"$1") 2>/dev/null; }
+
 log() { printf '[factory %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 

@@ -11,10 +11,16 @@
 # Env fallbacks: AIFACTORY_NODES (16), AIFACTORY_GPUS_PER_NODE (8),
 # AIFACTORY_GPU_MODEL (H100-80GB), AIFACTORY_RACKS (4), AIFACTORY_BLOCKS (2),
 # AIFACTORY_TIMEOUT (300, per wait), AIFACTORY_STATE (~/.cache/aifactory/factory),
-# AIFACTORY_KWOK_LOG_LEVEL (WARN; INFO logs every stage kwok plays).
+# AIFACTORY_PORT_OFFSET (0; 0-99, added to every port: API server 16443, etcd
+# 23790/23900, controller-manager 16600, scheduler 16700, kwok 16800, operator
+# 18080), AIFACTORY_KWOK_LOG_LEVEL (WARN; INFO logs every stage kwok plays).
+# Two factories run side by side with a state dir and an offset each (hack/test.sh
+# uses ~/.cache/aifactory/test-factory and 50); every hack script acts on the one
+# these two variables name.
 # Everything lives in the state dir: pki/, logs/, *.pid, etcd data, audit.log,
-# admin.kubeconfig. Stop with hack/factory-down.sh; more nodes of another model
-# with hack/factory-nodes.sh; a tenant user's kubeconfig with hack/factory-user.sh.
+# admin.kubeconfig, users/, the operator's pid, lock and log. Stop with
+# hack/factory-down.sh; more nodes of another model with hack/factory-nodes.sh; a
+# tenant user's kubeconfig with hack/factory-user.sh.
 # Storage: a default StorageClass and a pool of static NFS volumes
 # (hack/factory-storage.sh, also run on an already healthy factory to recycle them).
 set -euo pipefail
@@ -28,7 +34,7 @@ racks=${AIFACTORY_RACKS:-4}
 blocks=${AIFACTORY_BLOCKS:-2}
 timeout=${AIFACTORY_TIMEOUT:-300}
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case $1 in
     --nodes) nodes=$2; shift 2 ;;
@@ -139,6 +145,13 @@ start() {
   local name=$1 pidf logf; shift
   pidf=$(pid_file "$name"); logf=$(log_file "$name")
   if alive "$name"; then log "$name already running (pid $(cat "$pidf"))"; return; fi
+  # Taken by another factory at the same offset, it would answer our health
+  # checks (etcd) or fail with an unhelpful log (the others).
+  local port
+  for port in $(ports "$name"); do
+    port_free "$port" || die "port $port ($name) is taken, by another factory with AIFACTORY_PORT_OFFSET=$PORT_OFFSET?" \
+      "Give this one (state $STATE) another offset (0-99)"
+  done
   [ -f "$logf" ] && mv -f "$logf" "$logf.prev"
   rm -f "$pidf"
   log "starting $name"

@@ -9,19 +9,32 @@
 # port shifts by AIFACTORY_PORT_OFFSET, like the factory's; AIFACTORY_OPERATOR_ADDR sets it).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-state=${AIFACTORY_STATE:-$HOME/.cache/aifactory/factory}
-pidf=$state/operator.pid
-log=$state/logs/operator.log
 # shellcheck source=factory-lib.sh
 source "$root/hack/factory-lib.sh"
+# The factory's state dir (AIFACTORY_STATE): pid, lock and log beside its own.
+state=$STATE
+pidf=$state/operator.pid
+log=$state/logs/operator.log
 addr=$OPERATOR_ADDR
 
-# A killed operator may linger a moment as a zombie: that is not running.
-running() {
+# live: the pid file names a process that has not exited (a killed operator may
+# linger a moment as a zombie: that is not running).
+live() {
   [ -f "$pidf" ] || return 1
-  local state
-  state=$(ps -o stat= -p "$(cat "$pidf")" 2>/dev/null) || return 1
-  [[ $state != Z* ]]
+  local pid stat
+  pid=$(cat "$pidf")
+  [[ $pid =~ ^[0-9]+$ ]] || return 1
+  stat=$(ps -o stat= -p "$pid" 2>/dev/null) || return 1
+  [[ $stat != Z* ]]
+}
+# running: live, and the operator's binary, not a program that reuses the pid of
+# a stale pid file (a crashed run, a reboot): stop must never signal that.
+running() {
+  live || return 1
+  local exe
+  exe=$(readlink "/proc/$(cat "$pidf")/exe" 2>/dev/null) || return 1
+  exe=${exe% (deleted)}
+  [ "$(basename "$exe")" = aifactory ]
 }
 
 # Several test runs may start or stop the operator at once: one at a time, so two
@@ -33,10 +46,12 @@ flock 9
 case ${1:-} in
   start)
     if running; then echo "operator already running (pid $(cat "$pidf"))" >&2; exit 0; fi
+    [ -s "$ADMIN_KUBECONFIG" ] || die "no factory kubeconfig at $ADMIN_KUBECONFIG: run hack/factory-up.sh"
+    port_free "${addr##*:}" || die "port ${addr##*:} ($addr) is taken: another factory's operator" \
+      "(same AIFACTORY_PORT_OFFSET, $PORT_OFFSET)? Choose another offset, or AIFACTORY_OPERATOR_ADDR"
     (cd "$root" && cargo build -q -p aifactory --bin aifactory)
     # The operator runs with exactly the chart's ClusterRole: a right it lacks fails.
-    source "$root/hack/versions.sh"
-    kubectl() { KUBECONFIG=$state/admin.kubeconfig "$BIN_DIR/kubectl" "$@"; }
+    kubectl() { KUBECONFIG=$ADMIN_KUBECONFIG "$BIN_DIR/kubectl" "$@"; }
     kubectl apply --server-side -f "$root/charts/aifactory/templates/clusterrole.yaml" >/dev/null
     kubectl create clusterrolebinding aifactory-operator --clusterrole aifactory-operator --user aifactory-operator \
       --dry-run=client -o yaml | kubectl apply --server-side -f - >/dev/null
@@ -63,7 +78,8 @@ case ${1:-} in
     echo $! >"$pidf"
     for _ in $(seq 1 120); do
       if grep -q "controllers running" "$log"; then echo "operator running (pid $(cat "$pidf")), log $log" >&2; exit 0; fi
-      running || { echo "operator exited:" >&2; tail -n 30 "$log" >&2; exit 1; }
+      # live, not running: right after the start the pid may not have exec'd yet.
+      live || { echo "operator exited:" >&2; tail -n 30 "$log" >&2; exit 1; }
       sleep 0.5
     done
     echo "operator did not become leader within 60s:" >&2; tail -n 30 "$log" >&2; exit 1

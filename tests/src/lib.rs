@@ -27,7 +27,9 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The local factory's state directory (kubeconfigs, logs), as the hack scripts use it.
+/// The local factory's state directory (kubeconfigs, logs, audit log, the
+/// operator's pid file), as the hack scripts use it: `AIFACTORY_STATE`, else the
+/// default factory's. `hack/test.sh` sets it to the suite's own factory.
 pub fn state_dir() -> PathBuf {
     std::env::var_os("AIFACTORY_STATE")
         .map(PathBuf::from)
@@ -50,11 +52,23 @@ pub fn operator_addr() -> String {
     })
 }
 
-/// The kubeconfig the tests use: `KUBECONFIG`, else the local factory's admin one.
+/// The kubeconfig the tests use: the admin one of the factory `AIFACTORY_STATE`
+/// names (the cluster the hack scripts the tests call act on, whatever
+/// `KUBECONFIG` says), else `KUBECONFIG`, else the default local factory's.
 pub fn admin_kubeconfig() -> PathBuf {
+    if std::env::var_os("AIFACTORY_STATE").is_some() {
+        return state_dir().join("admin.kubeconfig");
+    }
     std::env::var_os("KUBECONFIG")
         .map(PathBuf::from)
         .unwrap_or_else(|| state_dir().join("admin.kubeconfig"))
+}
+
+/// A loopback address with a port nobody listens on now, for a process a test
+/// starts (a fixed port would collide with another factory's operator).
+pub fn free_local_addr() -> Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.to_string())
 }
 
 /// Number of simulated GPU nodes the factory was started with.

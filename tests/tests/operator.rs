@@ -1,8 +1,10 @@
 //! The operator process itself: health, readiness and Prometheus metrics are
 //! served, and a second replica stands by without writing while the first leads.
+use aifactory_api::{GpuPool, Tenant};
 use aifactory_tests::*;
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::Api;
+use kube::api::{Api, PostParams};
+use serde_json::json;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -18,24 +20,55 @@ fn get(url: &str) -> anyhow::Result<(u16, String)> {
 #[tokio::test]
 async fn the_operator_serves_health_readiness_and_reconcile_metrics() -> anyhow::Result<()> {
     let client = admin().await?;
+    install_crds(&client).await?;
     require_operator(&client).await?;
     let base = aifactory_tests::operator_addr();
     assert_eq!(get(&format!("http://{base}/healthz"))?.0, 200);
     let (code, body) = get(&format!("http://{base}/readyz"))?;
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("leader: true"), "{body}");
-    let (code, metrics) = get(&format!("http://{base}/metrics"))?;
-    assert_eq!(code, 200);
-    for series in [
+    // A pool (of no nodes) and a tenant of this test's own, so the two controllers
+    // have reconciled something even on a fresh factory where no other test ran.
+    let pool = unique_name("metrics-pool");
+    let tenant = unique_name("metrics");
+    let _cleanup = Cleanup(vec![("gpupool", pool.clone()), ("tenant", tenant.clone())]);
+    let gp: GpuPool = serde_json::from_value(json!({
+        "apiVersion": "aifactory.dev/v1alpha1", "kind": "GpuPool", "metadata": {"name": pool},
+        "spec": {"nodeSelector": {"matchLabels": {TEST_GROUP: pool}},
+                 "gpu": {"model": "H100-80GB", "perNode": 8, "powerWatts": 700},
+                 "location": {"region": "eu-west"}}
+    }))?;
+    Api::<GpuPool>::all(client.clone())
+        .create(&PostParams::default(), &gp)
+        .await?;
+    let tn: Tenant = serde_json::from_value(json!({
+        "apiVersion": "aifactory.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": tenant},
+        "spec": {"owners": [{"kind": "User", "name": format!("{tenant}-owner")}]}
+    }))?;
+    Api::<Tenant>::all(client.clone())
+        .create(&PostParams::default(), &tn)
+        .await?;
+    let series = [
         "aifactory_reconcile_total{controller=\"gpupool\"}",
         "aifactory_reconcile_total{controller=\"tenant\"}",
         "aifactory_reconcile_duration_seconds_bucket{",
-    ] {
-        assert!(
-            metrics.contains(series),
-            "{series} missing from /metrics:\n{metrics}"
-        );
-    }
+    ];
+    let metrics = format!("http://{base}/metrics");
+    let metrics = metrics.as_str();
+    let last = std::sync::Mutex::new(String::new());
+    let last = &last;
+    let found = wait_for(
+        "the reconcile series in /metrics",
+        Duration::from_secs(60),
+        || async move {
+            let (code, body) = get(metrics)?;
+            let all = code == 200 && series.iter().all(|s| body.contains(s));
+            *last.lock().unwrap() = body;
+            Ok(all.then_some(()))
+        },
+    )
+    .await;
+    found.map_err(|e| anyhow::anyhow!("{e}; last /metrics:\n{}", last.lock().unwrap()))?;
     Ok(())
 }
 
@@ -57,11 +90,14 @@ async fn a_second_replica_stands_by_while_the_first_holds_the_lease() -> anyhow:
         std::env::temp_dir().join(format!("standby-{}.log", std::process::id())),
     )?;
     let log_path = std::env::temp_dir().join(format!("standby-{}.log", std::process::id()));
+    let standby_addr = free_local_addr()?;
+    let ready_url = format!("http://{standby_addr}/readyz");
+    let ready_url = ready_url.as_str();
     let mut standby = Command::new(&binary)
         .args([
             "run",
             "--http-addr",
-            "127.0.0.1:18081",
+            &standby_addr,
             "--identity",
             "standby-replica",
         ])
@@ -73,7 +109,7 @@ async fn a_second_replica_stands_by_while_the_first_holds_the_lease() -> anyhow:
         wait_for(
             "the standby to be ready",
             Duration::from_secs(30),
-            || async { Ok((get("http://127.0.0.1:18081/readyz")?.0 == 200).then_some(())) },
+            || async move { Ok((get(ready_url)?.0 == 200).then_some(())) },
         )
         .await?;
         wait_for(
@@ -105,7 +141,7 @@ async fn a_second_replica_stands_by_while_the_first_holds_the_lease() -> anyhow:
             !log.contains("controllers running"),
             "the standby ran controllers:\n{log}"
         );
-        let (_, body) = get("http://127.0.0.1:18081/readyz")?;
+        let (_, body) = get(ready_url)?;
         assert!(body.contains("leader: false"), "{body}");
         anyhow::Ok(())
     }
