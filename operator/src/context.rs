@@ -84,6 +84,22 @@ pub fn on_error<K: ResourceExt>(
     }
 }
 
+/// Waits until the watch cache `store` (named `name`) is filled: an object not
+/// seen yet in a cache still filling (a restart) is not an object gone.
+pub async fn cache_ready<K>(
+    name: &'static str,
+    store: &kube::runtime::reflector::Store<K>,
+) -> Result<(), Error>
+where
+    K: kube::runtime::reflector::Lookup + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    store
+        .wait_until_ready()
+        .await
+        .map_err(|e| Error::Cache(name, e.to_string()))
+}
+
 /// `reconcile` with its panics caught and returned as [`Error::Panic`] (logged
 /// and counted by the error policy, retried a minute later): a bug that one
 /// object triggers never unwinds through the controller, which would stop every

@@ -215,14 +215,8 @@ async fn reconcile(ds: Arc<Dataset>, c: Arc<DatasetCtx>) -> Result<Action> {
         .ok_or_else(|| Error::InvalidSpec("a Dataset without a namespace".into()))?;
     let api: Api<Dataset> = Api::namespaced(ctx.client.clone(), &ns);
     // Residency is judged on complete caches, never on a tenant not seen yet.
-    c.tenants
-        .wait_until_ready()
-        .await
-        .map_err(|e| Error::Cache("tenants", e.to_string()))?;
-    c.pools
-        .wait_until_ready()
-        .await
-        .map_err(|e| Error::Cache("pools", e.to_string()))?;
+    crate::context::cache_ready("tenants", &c.tenants).await?;
+    crate::context::cache_ready("pools", &c.pools).await?;
     let has_finalizer = ds.finalizers().iter().any(|f| f == FINALIZER);
     if ds.metadata.deletion_timestamp.is_some() {
         return if has_finalizer {

@@ -95,12 +95,8 @@ async fn reconcile(tj: Arc<TrainingJob>, c: Arc<JobCtx>) -> Result<Action> {
 async fn settle(tj: &TrainingJob, c: &JobCtx) -> Result<Action> {
     // After a restart the caches fill first: a tenant not seen yet is not a
     // tenant gone, and a pool not seen yet is not a pool without power figures.
-    for (cache, ready) in [
-        ("pools", c.pools.wait_until_ready().await),
-        ("tenants", c.tenants.wait_until_ready().await),
-    ] {
-        ready.map_err(|e| Error::Cache(cache, e.to_string()))?;
-    }
+    crate::context::cache_ready("pools", &c.pools).await?;
+    crate::context::cache_ready("tenants", &c.tenants).await?;
     let pool = c.pools.get(&ObjectRef::new(&tj.spec.pool));
     let watts = pool.map_or(0.0, |p| f64::from(p.spec.gpu.power_watts));
     let now = build::now();
@@ -147,16 +143,10 @@ async fn run_job(tj: &TrainingJob, api: &Api<TrainingJob>, c: &JobCtx) -> Result
         )));
     }
     // A pool missing from a cache still filling is not a missing pool.
-    c.pools
-        .wait_until_ready()
-        .await
-        .map_err(|e| Error::Cache("pools", e.to_string()))?;
+    crate::context::cache_ready("pools", &c.pools).await?;
     let pool = c.pools.get(&ObjectRef::new(&tj.spec.pool));
     // A node missing from a cache still filling is not a lost node.
-    c.nodes
-        .wait_until_ready()
-        .await
-        .map_err(|e| Error::Cache("nodes", e.to_string()))?;
+    crate::context::cache_ready("nodes", &c.nodes).await?;
     let lost_nodes = tj
         .status
         .as_ref()

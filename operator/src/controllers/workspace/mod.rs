@@ -82,10 +82,7 @@ pub async fn settle_session(ctx: &Context, ws: &Workspace, tenants: &Store<Tenan
     };
     // A tenant missing from a cache still filling (a restart) is not a tenant
     // gone: settling nothing would lose the hours.
-    tenants
-        .wait_until_ready()
-        .await
-        .map_err(|e| Error::Cache("tenants", e.to_string()))?;
+    crate::context::cache_ready("tenants", tenants).await?;
     let tenants = tenants.state();
     let Some(tenant) = crate::controllers::trainingjob::snapshot::tenant_of(
         &tenants,
@@ -113,14 +110,8 @@ async fn provision(ws: &Workspace, c: &WorkspaceCtx) -> Result<Action> {
     if ws.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    c.datasets
-        .wait_until_ready()
-        .await
-        .map_err(|e| Error::Cache("datasets", e.to_string()))?;
-    c.tenants
-        .wait_until_ready()
-        .await
-        .map_err(|e| Error::Cache("tenants", e.to_string()))?;
+    crate::context::cache_ready("datasets", &c.datasets).await?;
+    crate::context::cache_ready("tenants", &c.tenants).await?;
     let previous = ws.status.clone().unwrap_or_default();
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     let tenants = c.tenants.state();
