@@ -333,6 +333,7 @@ pub async fn run(
         .default_backoff()
         .touched_objects(),
     )
+    .trigger_backoff(crate::context::TriggerBackoff::default())
     .with_config(
         Config::default()
             .concurrency(concurrency)
