@@ -5,6 +5,7 @@
 #
 #   hack/operator.sh start     build (cargo), start in the background, wait until it leads
 #   hack/operator.sh stop      SIGTERM, then wait for it to exit
+#   hack/operator.sh guards USER...   RBAC and the chart's guards for these operator users
 # Log: $AIFACTORY_STATE/logs/operator.log; metrics on 127.0.0.1:18080/metrics (the
 # port shifts by AIFACTORY_PORT_OFFSET, like the factory's; AIFACTORY_OPERATOR_ADDR sets it).
 set -euo pipefail
@@ -43,6 +44,32 @@ mkdir -p "$state"
 exec 9>"$state/operator.lock"
 flock 9
 
+# guards USER...: the chart's ClusterRole bound to each USER, and the chart's usage
+# and queue guards with these users as the operator's (they may remove the usage
+# finalizer, which tenants may not, and write GPU workloads in tenant namespaces,
+# which nobody else may): as a cluster with the chart installed runs. Several
+# users when several replicas run under users of their own (tests/src/chaos.rs).
+guards() {
+  source "$root/hack/versions.sh"
+  kubectl() { KUBECONFIG=$ADMIN_KUBECONFIG "$BIN_DIR/kubectl" "$@"; }
+  # The operator runs with exactly the chart's ClusterRole: a right it lacks fails.
+  kubectl apply --server-side -f "$root/charts/aifactory/templates/clusterrole.yaml" >/dev/null
+  local user users
+  for user in "$@"; do
+    kubectl create clusterrolebinding "$user" --clusterrole aifactory-operator --user "$user" \
+      --dry-run=client -o yaml | kubectl apply --server-side -f - >/dev/null
+  done
+  users=$(IFS=,; echo "$*")
+  if [ -x "$HELM_BIN_DIR/helm" ]; then
+    "$HELM_BIN_DIR/helm" template aifactory "$root/charts/aifactory" --namespace default \
+      --show-only templates/usage-guard.yaml --show-only templates/queue-guard.yaml \
+      --set "usageGuard.operatorUsers={$users}" --set "queueGuard.operatorUsers={$users}" \
+      | kubectl apply --server-side -f - >/dev/null
+  else
+    echo "helm not built ($HELM_BIN_DIR): the usage and queue guards are not installed" >&2
+  fi
+}
+
 case ${1:-} in
   start)
     if running; then echo "operator already running (pid $(cat "$pidf"))" >&2; exit 0; fi
@@ -50,26 +77,9 @@ case ${1:-} in
     port_free "${addr##*:}" || die "port ${addr##*:} ($addr) is taken: another factory's operator" \
       "(same AIFACTORY_PORT_OFFSET, $PORT_OFFSET)? Choose another offset, or AIFACTORY_OPERATOR_ADDR"
     (cd "$root" && cargo build -q -p aifactory --bin aifactory)
-    # The operator runs with exactly the chart's ClusterRole: a right it lacks fails.
-    kubectl() { KUBECONFIG=$ADMIN_KUBECONFIG "$BIN_DIR/kubectl" "$@"; }
-    kubectl apply --server-side -f "$root/charts/aifactory/templates/clusterrole.yaml" >/dev/null
-    kubectl create clusterrolebinding aifactory-operator --clusterrole aifactory-operator --user aifactory-operator \
-      --dry-run=client -o yaml | kubectl apply --server-side -f - >/dev/null
     # This operator's user, and the user a second replica runs as (the leader
-    # and chaos tests start one as aifactory-operator-b, bound to the same role).
-    operator_users=aifactory-operator,aifactory-operator-b
-    # The chart's usage guard, with this operator's user allowed to remove the
-    # usage finalizer (tenants may not), and its queue guard, with this operator's
-    # user allowed to write GPU workloads in tenant namespaces (nobody else may):
-    # as a cluster with the chart installed runs.
-    if [ -x "$HELM_BIN_DIR/helm" ]; then
-      "$HELM_BIN_DIR/helm" template aifactory "$root/charts/aifactory" --namespace default \
-        --show-only templates/usage-guard.yaml --show-only templates/queue-guard.yaml \
-        --set "usageGuard.operatorUsers={$operator_users}" --set "queueGuard.operatorUsers={$operator_users}" \
-        | kubectl apply --server-side -f - >/dev/null
-    else
-      echo "helm not built ($HELM_BIN_DIR): the usage and queue guards are not installed" >&2
-    fi
+    # test starts one as aifactory-operator-b, bound to the same role).
+    guards aifactory-operator aifactory-operator-b
     kubeconfig=$("$root/hack/factory-user.sh" aifactory-operator | tail -n 1)
     mkdir -p "$state/logs"
     # 9>&-: the operator must not inherit (and so hold forever) the lock.
@@ -92,5 +102,10 @@ case ${1:-} in
     fi
     rm -f "$pidf"
     ;;
-  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+  guards)
+    shift
+    [ $# -ge 1 ] || { echo "usage: $0 guards USER..." >&2; exit 2; }
+    guards "$@"
+    ;;
+  *) echo "usage: $0 start|stop|guards USER..." >&2; exit 2 ;;
 esac

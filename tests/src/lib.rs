@@ -5,6 +5,8 @@
 //!
 //! Each test takes its own namespaces (`TestNamespace`), removed when the guard
 //! drops, even when the test panics.
+pub mod chaos;
+
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

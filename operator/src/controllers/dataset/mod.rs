@@ -609,6 +609,7 @@ pub async fn run(
         Api::<Dataset>::all(client.clone()),
         watcher::Config::default(),
     )
+    .trigger_backoff(crate::context::TriggerBackoff::default())
     .with_config(
         Config::default()
             .concurrency(concurrency)

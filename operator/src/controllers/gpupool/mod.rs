@@ -172,6 +172,7 @@ pub async fn run(
         Api::<GpuPool>::all(client.clone()),
         watcher::Config::default(),
     )
+    .trigger_backoff(crate::context::TriggerBackoff::default())
     .with_config(
         Config::default()
             .concurrency(concurrency)

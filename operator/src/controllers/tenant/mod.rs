@@ -248,6 +248,7 @@ pub async fn run(
         Api::<Tenant>::all(client.clone()),
         watcher::Config::default(),
     )
+    .trigger_backoff(crate::context::TriggerBackoff::default())
     .with_config(
         Config::default()
             .concurrency(concurrency)

@@ -323,6 +323,7 @@ pub async fn run(
         .default_backoff()
         .touched_objects(),
     )
+    .trigger_backoff(crate::context::TriggerBackoff::default())
     .with_config(
         Config::default()
             .concurrency(concurrency)

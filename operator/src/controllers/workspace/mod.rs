@@ -346,6 +346,7 @@ pub async fn run(
         Api::<Workspace>::all(client.clone()),
         watcher::Config::default(),
     )
+    .trigger_backoff(crate::context::TriggerBackoff::default())
     .with_config(
         Config::default()
             .concurrency(concurrency)
