@@ -2,6 +2,12 @@
 //! `crds/*.yaml` (checked on each generated object by `schema::violations`), and
 //! every CEL rule, kept by construction. Where the schema bounds only a string's
 //! length, any characters are generated; lengths often sit at their limits.
+//!
+//! Test-only (never a dependency of the operator itself): the builders' property
+//! test (`operator/tests/builders`) runs these through the pure builders, the fuzz
+//! run (`tests/tests/fuzz.rs`) sends them to a real API server and the operator.
+pub mod schema;
+
 use aifactory_api::*;
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, Node, PersistentVolume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
