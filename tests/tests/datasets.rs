@@ -447,3 +447,97 @@ async fn deleting_a_dataset_waits_until_no_running_pod_uses_it() -> anyhow::Resu
     wait_gone(&own, "corpus", "the dataset's own claim removed").await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_claim_the_tenants_storage_quota_refuses_fails_the_dataset_and_the_workspace_with_why()
+-> anyhow::Result<()> {
+    // Found by the fuzz run (tests/tests/fuzz.rs): a claim the namespace's
+    // ResourceQuota refused left the Dataset and the Workspace with no status at
+    // all, the refusal only in the operator's log.
+    let client = setup().await?;
+    let acme = tenant(
+        &client,
+        "ds-quota",
+        json!({"storage": {"maxRequest": "1Gi"}}),
+    )
+    .await?;
+    create_dataset(
+        &client,
+        &acme.name,
+        "too-big",
+        json!({}),
+        json!({"size": "5Gi", "accessModes": ["ReadWriteOnce"]}),
+    )
+    .await?;
+    let ds = wait_dataset(&client, &acme.name, "too-big", "Failed", |d| {
+        phase(d) == Some(DatasetPhase::Failed)
+    })
+    .await?;
+    let (status, reason, message) = condition(&ds, "Ready").unwrap();
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "ClaimRefused")
+    );
+    assert!(message.contains("exceeded quota"), "{message}");
+    assert_eq!(
+        ds.status.unwrap().observed_generation,
+        ds.metadata.generation
+    );
+
+    let ws: Workspace = serde_json::from_value(json!({
+        "apiVersion": "aifactory.dev/v1alpha1", "kind": "Workspace",
+        "metadata": {"name": "alice", "namespace": acme.name},
+        "spec": {"storage": {"home": "5Gi"}},
+    }))?;
+    let workspaces = Api::<Workspace>::namespaced(client.clone(), &acme.name);
+    workspaces.create(&PostParams::default(), &ws).await?;
+    let ws = wait_for("workspace alice Failed", WAIT, || {
+        let workspaces = workspaces.clone();
+        async move {
+            let ws = workspaces.get("alice").await?;
+            Ok(ws
+                .status
+                .as_ref()
+                .is_some_and(|s| s.phase == Some(aifactory_api::WorkspacePhase::Failed))
+                .then_some(ws))
+        }
+    })
+    .await?;
+    let ready = ws
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "ClaimRefused")
+    );
+    assert!(
+        ready.message.contains("exceeded quota"),
+        "{}",
+        ready.message
+    );
+
+    // The quota raised, the claim is made at the next retry (within a minute).
+    Api::<aifactory_api::Tenant>::all(client.clone())
+        .patch(
+            &acme.name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"storage": {"maxRequest": "20Gi"}}})),
+        )
+        .await?;
+    wait_for("the dataset's claim made", Duration::from_secs(150), || {
+        let client = client.clone();
+        let ns = acme.name.clone();
+        async move {
+            Ok(Api::<PersistentVolumeClaim>::namespaced(client, &ns)
+                .get_opt("too-big")
+                .await?
+                .map(|_| ()))
+        }
+    })
+    .await?;
+    Ok(())
+}

@@ -34,9 +34,11 @@ pub fn period_start(t: jiff::Timestamp) -> jiff::Timestamp {
         .unwrap_or(t)
 }
 
-/// Six decimals: sums of many small runs stay readable and stable.
+/// Six decimals: sums of many small runs stay readable and stable. Never -0: the
+/// sum of no usage at all is -0.0 in Rust, which a status and a condition message
+/// would show as `-0` ("-0.0 of 100 GPU-hours used").
 pub fn round(x: f64) -> f64 {
-    (x * 1e6).round() / 1e6
+    (x * 1e6).round() / 1e6 + 0.0
 }
 
 /// Adds `gpu_hours` and `energy_kwh` of `pool`, used up to `at`, to the ledger of
@@ -98,6 +100,15 @@ pub async fn settle(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_usage_rounds_to_zero_not_minus_zero() {
+        let none: f64 = std::iter::empty::<f64>().sum();
+        assert!(round(none).is_sign_positive());
+        assert_eq!(format!("{:.1}", round(none)), "0.0");
+        assert_eq!(serde_json::json!(round(-0.0)).to_string(), "0.0");
+        assert_eq!(round(1.23456789), 1.234568);
+    }
 
     #[test]
     fn a_period_is_a_calendar_month_in_utc_starting_on_the_first_at_midnight() {

@@ -2,12 +2,11 @@
 //! accepts, every child the controllers build from it passes Kubernetes' own
 //! name, label and field rules, so nothing the API admits can fail at the child.
 //!
-//! `strategies` make objects the schema accepts (checked against `crds/*.yaml` on
-//! every case), `k8s` holds the API server's rules written out small. Cases per
-//! property: `PROPTEST_CASES` (default 512).
+//! `strategies` (the `aifactory-strategies` crate, shared with the fuzz run of
+//! tests/tests/fuzz.rs) make objects the schema accepts (checked against
+//! `crds/*.yaml` on every case), `k8s` holds the API server's rules written out
+//! small. Cases per property: `PROPTEST_CASES` (default 512).
 mod k8s;
-mod schema;
-mod strategies;
 
 use aifactory::controllers::dataset::build as dataset;
 use aifactory::controllers::gpupool::build as gpupool;
@@ -19,6 +18,7 @@ use aifactory_api::{
     DatasetMount, GpuPool, POOL_LABEL, POOL_TAINT, Placement, TENANT_LABEL, Tenant, TrainingJob,
     shared_claim_name,
 };
+use aifactory_strategies::{self as strategies, schema};
 use k8s::Errors;
 use k8s_openapi::api::core::v1::{Node, PodSpec};
 use kube::{Resource, ResourceExt};

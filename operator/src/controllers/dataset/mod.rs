@@ -103,6 +103,28 @@ pub fn namespace_terminating(err: &Error) -> bool {
         if s.code == 403 && s.details.as_ref().is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating")))
 }
 
+/// The API's refusal of a child the spec asks for (a ResourceQuota it exceeds, a
+/// LimitRange or admission policy it breaks), as the message to report in the
+/// status: the spec cannot be provisioned as it stands, which the owner must be
+/// told, not an error to retry fast with nothing said. A namespace being deleted
+/// is not one (the object goes with it).
+pub fn refusal(err: &Error) -> Option<String> {
+    match err {
+        Error::Kube(kube::Error::Api(s))
+            if matches!(s.code, 403 | 422) && !namespace_terminating(err) =>
+        {
+            Some(s.message.clone())
+        }
+        _ => None,
+    }
+}
+
+/// Whether a status blocked for `reason` is retried soon: a refusal may lift
+/// without any change to the object (another claim frees the quota).
+pub fn retry_soon(blocked: Option<&(&'static str, String)>) -> bool {
+    blocked.is_some_and(|(reason, _)| *reason == "ClaimRefused" || *reason == "ImportRefused")
+}
+
 /// Sets or removes this controller's finalizer, on condition that the object did
 /// not change meanwhile (its resourceVersion), so no other finalizer is lost.
 async fn set_finalizer(api: &Api<Dataset>, ds: &Dataset, present: bool) -> Result<()> {
@@ -283,10 +305,16 @@ async fn provision(ds: &Dataset, api: &Api<Dataset>, c: &DatasetCtx) -> Result<A
     if observed.blocked.is_none() {
         let desired = build::owner_claim(ds);
         match &claim {
-            None => {
-                apply(&claims, &desired).await?;
-                claim = claims.get_opt(&name).await?;
-            }
+            None => match apply(&claims, &desired).await {
+                Ok(_) => claim = claims.get_opt(&name).await?,
+                Err(e) => {
+                    let why = refusal(&e).ok_or(e)?;
+                    observed.blocked = Some((
+                        "ClaimRefused",
+                        format!("the API refused claim {name}: {why}"),
+                    ));
+                }
+            },
             Some(live) => {
                 observed.resize_refused = grow_claim(
                     &claims,
@@ -336,8 +364,17 @@ async fn provision(ds: &Dataset, api: &Api<Dataset>, c: &DatasetCtx) -> Result<A
                 ),
             ));
         } else {
-            if job.is_none() {
-                apply(&jobs, &desired).await?;
+            let refused = match &job {
+                Some(_) => None,
+                None => apply(&jobs, &desired).await.err(),
+            };
+            if let Some(e) = refused {
+                let why = refusal(&e).ok_or(e)?;
+                observed.blocked = Some((
+                    "ImportRefused",
+                    format!("the API refused import job {job_name}: {why}"),
+                ));
+            } else if job.is_none() {
                 let url = ds
                     .spec
                     .source
@@ -402,6 +439,7 @@ async fn provision(ds: &Dataset, api: &Api<Dataset>, c: &DatasetCtx) -> Result<A
     announce(ds, &status, ctx).await;
     crate::controllers::write_status(api, &name, ds.status.as_ref(), &status, true).await?;
     Ok(match status.phase {
+        _ if retry_soon(observed.blocked.as_ref()) => Action::requeue(Duration::from_secs(60)),
         Some(DatasetPhase::Ready | DatasetPhase::Failed) => Action::requeue(requeue),
         // Claim binding and the import Job are watched.
         _ => Action::requeue(Duration::from_secs(60)),

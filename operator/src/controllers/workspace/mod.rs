@@ -9,7 +9,8 @@ pub mod session;
 use crate::apply::apply;
 use crate::context::{Context, now, on_error};
 use crate::controllers::dataset::{
-    build::class_refusal, build::owner_tenant, grow_claim, namespace_terminating,
+    build::class_refusal, build::owner_tenant, grow_claim, namespace_terminating, refusal,
+    retry_soon,
 };
 use crate::error::{Error, Result};
 use aifactory_api::{CONDITION_READY, Dataset, GpuPool, Tenant, Workspace, WorkspacePhase};
@@ -140,7 +141,14 @@ async fn provision(ws: &Workspace, c: &WorkspaceCtx) -> Result<Action> {
                     break;
                 }
                 None => {
-                    apply(&claims, claim).await?;
+                    if let Err(e) = apply(&claims, claim).await {
+                        let why = refusal(&e).ok_or(e)?;
+                        observed.blocked = Some((
+                            "ClaimRefused",
+                            format!("the API refused claim {claim_name}: {why}"),
+                        ));
+                        break;
+                    }
                 }
                 Some(l) => {
                     if let Some(why) = grow_claim(
@@ -243,6 +251,8 @@ async fn provision(ws: &Workspace, c: &WorkspaceCtx) -> Result<Action> {
         settle_session(ctx, ws, &c.tenants).await?;
     }
     let backstop = match status.phase {
+        // A refused claim may be accepted once another frees the quota.
+        _ if retry_soon(observed.blocked.as_ref()) => Duration::from_secs(60),
         // Claim binding is watched; a minute is a backstop.
         Some(WorkspacePhase::Pending) => Duration::from_secs(60),
         _ => Duration::from_secs(600),

@@ -11,7 +11,7 @@ use std::sync::{LazyLock, Mutex};
 
 /// The openAPIV3Schema of each kind, read once from `crds/`.
 static SCHEMAS: LazyLock<HashMap<String, Value>> = LazyLock::new(|| {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds");
     let mut out = HashMap::new();
     for entry in std::fs::read_dir(dir).expect("crds/") {
         let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();

@@ -2,6 +2,12 @@
 //! `crds/*.yaml` (checked on each generated object by `schema::violations`), and
 //! every CEL rule, kept by construction. Where the schema bounds only a string's
 //! length, any characters are generated; lengths often sit at their limits.
+//!
+//! Test-only (never a dependency of the operator itself): the builders' property
+//! test (`operator/tests/builders`) runs these through the pure builders, the fuzz
+//! run (`tests/tests/fuzz.rs`) sends them to a real API server and the operator.
+pub mod schema;
+
 use aifactory_api::*;
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, Node, PersistentVolume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -366,48 +372,98 @@ pub fn resource_name() -> BoxedStrategy<String> {
     .boxed()
 }
 
+/// A node selector the schema accepts: match labels, match expressions (each
+/// operator with values only where it takes them), or both; never empty.
+pub fn node_selector() -> BoxedStrategy<LabelSelector> {
+    let expression = (
+        qualified_key(),
+        prop_oneof![
+            (select(vec!["In", "NotIn"]), vec(label_value(), 1..4)),
+            select(vec!["Exists", "DoesNotExist"]).prop_map(|op| (op, vec![])),
+        ],
+    )
+        .prop_map(|(key, (operator, values))| {
+            serde_json::from_value(
+                json!({"key": key, "operator": operator, "values": (!values.is_empty()).then_some(values)}),
+            )
+            .unwrap()
+        });
+    let labels = btree_map(qname(63), label_value(), 1..3);
+    prop_oneof![
+        3 => labels.clone().prop_map(|l| LabelSelector { match_labels: Some(l), match_expressions: None }),
+        1 => vec(expression.clone(), 1..3).prop_map(|e| LabelSelector { match_labels: None, match_expressions: Some(e) }),
+        1 => (labels, vec(expression, 1..3)).prop_map(|(l, e)| LabelSelector { match_labels: Some(l), match_expressions: Some(e) }),
+    ]
+    .boxed()
+}
+
+/// Topology levels the schema accepts: 1..=4 distinct node label keys of at most
+/// 316 characters, often the local factory's own.
+pub fn topology() -> BoxedStrategy<Topology> {
+    let level = prop_oneof![
+        2 => select(vec!["topology.aifactory.dev/block", "topology.aifactory.dev/rack", "kubernetes.io/hostname"]).prop_map(String::from),
+        1 => qualified_key().prop_filter("at most 316", |k| k.len() <= 316),
+    ];
+    vec(level, 1..=4)
+        .prop_map(|levels| {
+            let mut seen = std::collections::BTreeSet::new();
+            Topology {
+                levels: levels
+                    .into_iter()
+                    .filter(|l| seen.insert(l.clone()))
+                    .collect(),
+            }
+        })
+        .boxed()
+}
+
 /// A GpuPool the schema accepts, with a status (its capacity).
 pub fn pool() -> BoxedStrategy<GpuPool> {
     (
         meta(dns_label(63, false), false),
-        (qname(63), label_value()),
+        node_selector(),
         free(1, 63),
         resource_name(),
         1i32..=64,
         1i32..=5000,
         any::<bool>(),
-        dns_label(63, false),
+        (dns_label(63, false), proptest::option::of(free(1, 63))),
         0i64..100_000,
+        proptest::option::of(topology()),
+        proptest::option::of(prop_oneof![
+            Just(1_000_000.0),
+            Just(0.001),
+            0.001f64..1_000_000.0
+        ]),
     )
         .prop_map(
             |(
                 metadata,
-                (k, v),
+                node_selector,
                 model,
                 resource_name,
                 per_node,
                 power_watts,
                 dedicated,
-                region,
+                (region, site),
                 capacity,
+                topology,
+                power_cap_kilowatts,
             )| {
                 let mut p = GpuPool::new(
                     metadata.name.as_deref().unwrap(),
                     GpuPoolSpec {
-                        node_selector: LabelSelector {
-                            match_labels: Some([(k, v)].into()),
-                            match_expressions: None,
-                        },
+                        node_selector,
                         gpu: GpuSpec {
                             model,
                             resource_name,
                             per_node,
                             power_watts,
                         },
-                        topology: None,
+                        topology,
                         dedicated,
-                        power_cap_kilowatts: None,
-                        location: Location { region, site: None },
+                        power_cap_kilowatts,
+                        location: Location { region, site },
                     },
                 );
                 p.metadata = metadata;
@@ -637,11 +693,28 @@ pub fn tenant(pools: Vec<String>) -> BoxedStrategy<Tenant> {
             (
                 Just(names),
                 vec(
-                    (0i32..=1_000_000, proptest::option::of(0i32..=1_000_000)),
+                    (0i32..=1_000_000, proptest::option::of(0i32..=1_000_000)).prop_flat_map(
+                        |(gpus, borrowing)| {
+                            (Just(gpus), Just(borrowing), proptest::option::of(0..=gpus))
+                        },
+                    ),
                     n,
                 ),
             )
         });
+    // Weight, budget (often none, sometimes exhausted from the start), residency,
+    // deletion policy, display name.
+    let terms = (
+        prop_oneof![3 => Just(1i32), 1 => 1i32..=1000],
+        proptest::option::of(prop_oneof![
+            Just(0.0),
+            Just(100_000_000.0),
+            0.0f64..100_000_000.0
+        ]),
+        proptest::option::of(btree_set(dns_label(63, false), 1..=16)),
+        prop_oneof![3 => Just(DeletionPolicy::Delete), 1 => Just(DeletionPolicy::Retain)],
+        proptest::option::of(free(0, 128)),
+    );
     (
         meta(dns_label(63, false), false),
         vec(subject(), 1..4),
@@ -653,6 +726,7 @@ pub fn tenant(pools: Vec<String>) -> BoxedStrategy<Tenant> {
         quota,
         vec(free(1, 253), 0..3),
         proptest::option::of((quantity(false), vec(free(1, 253), 0..3))),
+        terms,
     )
         .prop_filter("default namespace", |(m, _, _, nss, ..)| {
             !nss.is_empty() || not_system(m.name.as_deref().unwrap())
@@ -666,32 +740,37 @@ pub fn tenant(pools: Vec<String>) -> BoxedStrategy<Tenant> {
                 (qpools, limits),
                 priority_classes,
                 storage,
+                (weight, budget, regions, deletion_policy, display_name),
             )| {
                 let quota = qpools
                     .into_iter()
                     .zip(limits)
-                    .map(|(pool, (gpus, borrowing_limit))| PoolQuota {
+                    .map(|(pool, (gpus, borrowing_limit, lending_limit))| PoolQuota {
                         pool,
                         gpus,
                         borrowing_limit,
-                        lending_limit: None,
+                        lending_limit,
                     })
                     .collect();
                 let spec = TenantSpec {
-                    display_name: None,
+                    display_name,
                     owners,
                     members,
                     namespaces: namespaces.into_iter().collect(),
                     quota,
-                    weight: 1,
+                    weight,
                     priority_classes,
-                    budget: None,
-                    residency: None,
+                    budget: budget.map(|gpu_hours_per_month| Budget {
+                        gpu_hours_per_month,
+                    }),
+                    residency: regions.map(|r| Residency {
+                        regions: r.into_iter().collect(),
+                    }),
                     storage: storage.map(|(max_request, classes)| TenantStorage {
                         max_request,
                         classes,
                     }),
-                    deletion_policy: DeletionPolicy::Delete,
+                    deletion_policy,
                 };
                 let name = metadata.name.clone().unwrap();
                 let mut t = Tenant::new(&name, spec);
