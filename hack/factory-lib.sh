@@ -176,9 +176,11 @@ start() {
   pidf=$(pid_file "$name"); logf=$(log_file "$name")
   if alive "$name"; then log "$name already running (pid $(cat "$pidf"))"; return; fi
   # Taken by another factory at the same offset, it would answer our health
-  # checks (etcd) or fail with an unhelpful log (the others).
-  local port
+  # checks (etcd) or fail with an unhelpful log (the others). A component just
+  # killed (hack/factory-restart.sh) may hold its port a moment longer: wait 5 s.
+  local port i
   for port in $(ports "$name"); do
+    for ((i = 0; i < 50; i++)); do port_free "$port" && break; sleep 0.1; done
     port_free "$port" || die "port $port ($name) is taken, by another factory with AIFACTORY_PORT_OFFSET=$PORT_OFFSET?" \
       "Give this one (state $STATE) another offset (0-99)"
   done
