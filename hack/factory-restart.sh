@@ -45,14 +45,16 @@ if alive "$component"; then
   pid=$(cat "$(pid_file "$component")")
   log "stopping $component (pid $pid) with SIG$signal"
   kill "-$signal" "$pid"
-  # Gone or a zombie (reaped by whoever started it): either way it serves nothing.
-  for ((i = 0; i < 300; i++)); do
-    state=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) || break
-    [ "$state" = Z ] && break
-    sleep 0.1
-  done
-  kill -0 "$pid" 2>/dev/null && [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ] &&
-    die "$component (pid $pid) still runs 30 s after SIG$signal"
+  # Gone, or a zombie with no thread left (nobody may reap it). A zombie leader
+  # alone is not enough: its other threads may still be exiting, holding the
+  # process's listening sockets, and the new process could not bind its port.
+  exited() {
+    [ -d "/proc/$pid" ] || return 0
+    [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" = Z ] &&
+      [ "$(awk '/^Threads:/ {print $2}' "/proc/$pid/status" 2>/dev/null)" -le 1 ]
+  }
+  for ((i = 0; i < 300; i++)); do exited && break; sleep 0.1; done
+  exited || die "$component (pid $pid) still runs 30 s after SIG$signal"
   rm -f "$(pid_file "$component")"
 else
   log "$component is not running: starting it"

@@ -5,12 +5,15 @@
 //!         [--job-seconds A-B] [--kill-after A-B] [--kills N] [--chaos-window S]
 //!         [--freezes N] [--freeze-for S] [--apiserver-restarts N] [--etcd-restarts N]
 //!         [--etcd-down S] [--delete-share F] [--seed N] [--operator PATH]
-//!         [--max-failover S] [--drain-timeout S] [--tag NAME] [--out FILE]
+//!         [--max-failover S] [--drain-timeout S] [--restart-in-place] [--tag NAME]
+//!         [--out FILE]
 //!
 //! Defaults: 200 nodes, 1,000 jobs over 20 min, kills until the 20 min of chaos are
 //! over, one freeze, one restart each of kube-apiserver and etcd, the release
-//! operator; `--short` starts from the test suite's run instead. Exits 1 when an
-//! invariant broke.
+//! operator; `--short` starts from the test suite's run instead. A killed replica
+//! comes back a second later under a new identity (a new pod); with
+//! `--restart-in-place` under the same one (its container restarted in its pod).
+//! Exits 1 when an invariant broke.
 use aifactory_tests::chaos::{Config, run};
 use anyhow::{Context, bail};
 use std::time::Duration;
@@ -38,6 +41,10 @@ async fn main() -> anyhow::Result<()> {
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         if flag == "--short" {
+            continue;
+        }
+        if flag == "--restart-in-place" {
+            cfg.restart_in_place = true;
             continue;
         }
         if flag == "-h" || flag == "--help" {

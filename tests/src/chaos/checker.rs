@@ -296,19 +296,31 @@ impl State {
         self.tjs.live.iter()
     }
 
-    /// The holder of the lease as last seen, and since when it was seen holding.
-    pub fn holder(&self) -> Option<(String, jiff::Timestamp)> {
+    /// The holder of the lease as last seen, and since when it was seen holding;
+    /// with `after`, since its first lease write seen after then (a replica
+    /// restarted under the same identity holds the lease afresh, unseen by name).
+    pub fn holder(&self, after: Option<jiff::Timestamp>) -> Option<(String, jiff::Timestamp)> {
         let last = self.lease.last()?;
         if last.holder.is_empty() {
             return None;
         }
-        let since = self
-            .lease
-            .iter()
-            .rev()
-            .take_while(|l| l.holder == last.holder)
-            .last()
-            .map_or(last.at, |l| l.at);
+        let since = match after {
+            // Writes in flight at the event land within a fraction of a second.
+            Some(t) => {
+                let t = t.checked_add(jiff::SignedDuration::from_millis(200)).ok()?;
+                self.lease
+                    .iter()
+                    .find(|l| l.at > t && l.holder == last.holder)?
+                    .at
+            }
+            None => self
+                .lease
+                .iter()
+                .rev()
+                .take_while(|l| l.holder == last.holder)
+                .last()
+                .map_or(last.at, |l| l.at),
+        };
         Some((last.holder.clone(), since))
     }
 

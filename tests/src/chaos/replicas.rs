@@ -36,9 +36,13 @@ struct Replica {
 }
 
 impl Replica {
-    fn spawn(&mut self, binary: &PathBuf, tag: &str) -> anyhow::Result<()> {
+    fn spawn(&mut self, binary: &PathBuf, tag: &str, in_place: bool) -> anyhow::Result<()> {
         self.starts += 1;
-        self.identity = format!("{tag}-{}{}", self.letter, self.starts);
+        self.identity = if in_place {
+            format!("{tag}-{}", self.letter)
+        } else {
+            format!("{tag}-{}{}", self.letter, self.starts)
+        };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -64,6 +68,7 @@ impl Replica {
 pub struct Replicas {
     binary: PathBuf,
     tag: String,
+    in_place: bool,
     inner: Mutex<Inner>,
 }
 
@@ -85,9 +90,11 @@ fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
 
 impl Replicas {
     /// Starts one replica per `(user, kubeconfig)`; their logs go to `log_dir`.
+    /// `in_place`: a dead replica comes back under the same identity.
     pub fn start(
         binary: PathBuf,
         tag: &str,
+        in_place: bool,
         users: &[(String, PathBuf)],
         log_dir: &std::path::Path,
     ) -> anyhow::Result<Arc<Self>> {
@@ -107,13 +114,14 @@ impl Replicas {
                 frozen: false,
                 down_since: None,
             };
-            r.spawn(&binary, tag)?;
+            r.spawn(&binary, tag, in_place)?;
             identities.insert(r.identity.clone(), r.user.clone());
             replicas.push(r);
         }
         Ok(Arc::new(Self {
             binary,
             tag: tag.to_string(),
+            in_place,
             inner: Mutex::new(Inner {
                 replicas,
                 exits: vec![],
@@ -145,7 +153,7 @@ impl Replicas {
                 r.down_since = Some(std::time::Instant::now());
             }
             if r.child.is_none() && r.down_since.is_some_and(|t| t.elapsed() >= RESTART_AFTER) {
-                match r.spawn(&self.binary, &self.tag) {
+                match r.spawn(&self.binary, &self.tag, self.in_place) {
                     Ok(()) => started.push((r.identity.clone(), r.user.clone())),
                     Err(e) => eprintln!("could not start replica {}: {e}", r.letter),
                 }
