@@ -690,6 +690,30 @@ fn invalid_cases() -> Vec<Invalid> {
             ),
             &["spec.gpu.resourceName", "must be an extended resource name"],
         ),
+        // Images a pod refuses (found by the fuzz run: a session that could
+        // never start held its GPUs).
+        i(
+            "TrainingJob",
+            with(job(), "image", json!(" train:1")),
+            &["spec.image", "may not begin or end with white space"],
+        ),
+        i(
+            "TrainingJob",
+            with(job(), "image", json!("train:1\n")),
+            &["spec.image", "may not begin or end with white space"],
+        ),
+        i(
+            "Workspace",
+            with(
+                workspace(),
+                "interactive",
+                json!({"image": "jupyter:1\u{a0}", "pool": "h100"}),
+            ),
+            &[
+                "spec.interactive.image",
+                "may not begin or end with white space",
+            ],
+        ),
     ]
 }
 

@@ -33,6 +33,18 @@ pub fn duration(field: &str) -> Rule {
     )))
 }
 
+/// A container image as a pod takes it: no leading or trailing white space
+/// (Kubernetes' `strings.TrimSpace`: ASCII \t to \r, NEL and the Unicode
+/// separators).
+pub fn container_image(field: &str) -> Rule {
+    Rule::new(
+        r"!self.matches('^[\\t-\\r\\x{85}\\p{Z}]') && !self.matches('[\\t-\\r\\x{85}\\p{Z}]$')",
+    )
+    .message(Message::Message(format!(
+        "{field} may not begin or end with white space: a pod refuses such an image"
+    )))
+}
+
 /// The string must be a DNS-1123 label (namespace, pool and tenant names).
 pub fn dns_label(field: &str) -> Rule {
     Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message(Message::Message(format!(

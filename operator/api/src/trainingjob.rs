@@ -80,6 +80,7 @@ pub struct TrainingJobSpec {
     /// Container image of the training code.
     #[schemars(length(min = 1, max = 512))]
     #[x_kube(validation = crate::rules::immutable("image"))]
+    #[x_kube(validation = crate::rules::container_image("image"))]
     pub image: String,
 
     /// Entrypoint (default: the image's). Typically `torchrun`.

@@ -78,6 +78,7 @@ pub struct WorkspaceStorage {
 pub struct Interactive {
     /// Container image of the session, e.g. a Jupyter image.
     #[schemars(length(min = 1, max = 512))]
+    #[x_kube(validation = crate::rules::container_image("interactive.image"))]
     pub image: String,
     /// GpuPool the session runs in.
     #[schemars(length(min = 1, max = 63))]

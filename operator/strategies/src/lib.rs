@@ -132,6 +132,15 @@ pub fn free(min: usize, max: usize) -> BoxedStrategy<String> {
     }
 }
 
+/// A container image the schema accepts: 1..=512 characters, none of them white
+/// space at either end.
+pub fn image() -> BoxedStrategy<String> {
+    free(1, 512)
+        .prop_map(|s| s.trim().to_string())
+        .prop_filter("not empty", |s| !s.is_empty())
+        .boxed()
+}
+
 /// An absolute path (`^/`, at most 4096).
 pub fn abs_path() -> BoxedStrategy<String> {
     prop_oneof![
@@ -531,7 +540,7 @@ pub fn trainingjob() -> BoxedStrategy<TrainingJob> {
         free(1, 63),
         prop_oneof![Just(1i32), Just(1024), 1i32..=1024],
         1i32..=64,
-        free(1, 512),
+        image(),
         vec(free(0, 100), 0..4),
         vec(free(0, 100), 0..4),
         vec(env_var(), 0..8),
@@ -619,7 +628,7 @@ pub fn workspace() -> BoxedStrategy<Workspace> {
         });
     let interactive = proptest::option::of(
         (
-            free(1, 512),
+            image(),
             free(1, 63),
             1i32..=16,
             duration(),

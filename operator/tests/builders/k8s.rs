@@ -642,6 +642,13 @@ fn containers(
             &p,
             "image required",
         );
+        // validateContainerCommon: strings.TrimSpace (Unicode White_Space, as
+        // Rust's trim).
+        e.check(
+            c.image.as_deref().is_none_or(|i| i.trim() == i),
+            &p,
+            "image must not have leading or trailing whitespace",
+        );
         // validateContainerPorts
         let mut port_names = BTreeSet::new();
         for (j, port) in c.ports.iter().flatten().enumerate() {

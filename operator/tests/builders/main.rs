@@ -766,6 +766,27 @@ fn values_a_child_refuses_are_refused() {
             );
         }
     }
+    // An image with white space at an end (found by the fuzz run): the Job's and
+    // the session's pods are refused, so the run or session never starts.
+    for image in [" train:1", "train:1\n", "train:1\u{a0}"] {
+        let tj: TrainingJob = object("train", job_spec(serde_json::json!({"image": image})));
+        refused(
+            image,
+            &job_children(&tj, &h100()),
+            "leading or trailing whitespace",
+        );
+        let ws: aifactory_api::Workspace = object(
+            "alice",
+            serde_json::json!({"storage": {"home": "1Gi"}, "interactive": {"image": image, "pool": "h100"}}),
+        );
+        let mut e = Errors::default();
+        k8s::statefulset(&mut e, &session::statefulset(&ws, &h100(), "gpu-0"));
+        refused(image, &e.0, "leading or trailing whitespace");
+    }
+    let rule =
+        r"!self.matches('^[\\t-\\r\\x{85}\\p{Z}]') && !self.matches('[\\t-\\r\\x{85}\\p{Z}]$')";
+    has_rule("TrainingJob", rule);
+    has_rule("Workspace", rule);
 }
 
 #[test]
