@@ -239,10 +239,21 @@ async fn pass(ctx: &Context, caches: &Caches) -> Vec<Written> {
             tracing::warn!(job = %work.id(), error = %e, "applying an admission decision failed");
         }
     };
+    // Pools where an eviction the engine decided did not happen. The engine's later
+    // decisions there may hand out GPUs that eviction would have freed (the
+    // victim's leftover nodes go to the next jobs of the pass), so none of them is
+    // applied: the next pass decides again from what the API says. (Seen in the
+    // chaos run: a victim's status write lost a race, 409, and a job admitted later
+    // in the same pass was placed on the victim's nodes while it still ran there.)
+    let mut unsettled: std::collections::HashSet<&str> = Default::default();
     for decision in &decisions.decisions {
         let Some(&work) = by_id.get(&decision.job) else {
             continue;
         };
+        let admits = !matches!(decision.outcome, Outcome::Queued { .. });
+        if admits && unsettled.contains(decision.pool.as_str()) {
+            continue;
+        }
         match &decision.outcome {
             Outcome::Admit(admission) => {
                 let r = admit_work(ctx, work, admission, &decision.pool, &now).await;
@@ -273,6 +284,8 @@ async fn pass(ctx: &Context, caches: &Caches) -> Vec<Written> {
                     let r = admit_work(ctx, work, admission, &decision.pool, &now).await;
                     count_admission(ctx, work, &decision.tenant, &decision.pool, &r);
                     record(work, r);
+                } else {
+                    unsettled.insert(decision.pool.as_str());
                 }
             }
             Outcome::Queued { position, reason } => {
