@@ -52,6 +52,7 @@ pub fn tenants() -> ApiResource {
 #[derive(Clone, Debug, Default)]
 pub struct TjView {
     pub uid: String,
+    pub resource_version: String,
     pub phase: String,
     pub admitted_at: Option<String>,
     pub restarts: i64,
@@ -71,6 +72,7 @@ impl TjView {
         let text = |v: &Value| v.as_str().map(str::to_string);
         Self {
             uid: text(&o["metadata"]["uid"]).unwrap_or_default(),
+            resource_version: text(&o["metadata"]["resourceVersion"]).unwrap_or_default(),
             phase: text(&s["phase"]).unwrap_or_default(),
             admitted_at: text(&s["admittedAt"]),
             restarts: s["restarts"].as_i64().unwrap_or_default(),
@@ -89,6 +91,27 @@ impl TjView {
                 .map(|a| a.iter().filter_map(text).collect())
                 .unwrap_or_default(),
         }
+    }
+
+    /// One line of a job's history.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} admittedAt={} nodes={:?} restarts={} rv={}{}",
+            if self.phase.is_empty() {
+                "-"
+            } else {
+                &self.phase
+            },
+            self.admitted_at.as_deref().unwrap_or("-"),
+            self.placement,
+            self.restarts,
+            self.resource_version,
+            if self.deleting.is_some() {
+                " deleting"
+            } else {
+                ""
+            }
+        )
     }
 
     /// Holds GPUs, as admission counts them: admitted or running, on a placement.
@@ -189,8 +212,10 @@ pub struct Track {
     /// GPU-hours read from the job (`status.periodUsage`, `status.gpuHours`) right
     /// before the runner deleted it.
     pub recorded: Option<(f64, f64)>,
-    /// GPU-hours of its pods' run times.
+    /// GPU-seconds of its pods' run times.
     pub pod_gpu_seconds: f64,
+    /// Every state seen, with when (the last 60).
+    pub history: Vec<String>,
 }
 
 /// Broken invariants, by kind, each noted once.
@@ -285,6 +310,9 @@ pub struct State {
     pub samples: u64,
     /// Pod uids whose run time is counted.
     counted_pods: BTreeSet<String>,
+    /// For each broken invariant, when it was first seen and the histories of the
+    /// jobs involved.
+    pub evidence: Vec<String>,
 }
 
 impl State {
@@ -330,6 +358,15 @@ impl State {
         let Some(track) = self.tracks.get_mut(&key) else {
             return;
         };
+        let line = format!(
+            "{} {}",
+            now.strftime("%H:%M:%S%.3f"),
+            view.as_ref().map_or("gone".to_string(), TjView::describe)
+        );
+        if track.history.len() >= 60 {
+            track.history.remove(0);
+        }
+        track.history.push(line);
         match &view {
             None => {
                 if track.delete_requested.is_some() {
@@ -365,13 +402,18 @@ impl State {
                     && p.admitted_at != v.admitted_at
                     && p.restarts == v.restarts
                 {
-                    note(
-                        &mut self.violations.duplicated,
-                        format!(
-                            "{key} admitted again ({:?} → {:?}) while it held GPUs",
-                            p.admitted_at, v.admitted_at
-                        ),
+                    let violation = format!(
+                        "{key} admitted again ({:?} → {:?}) while it held GPUs",
+                        p.admitted_at, v.admitted_at
                     );
+                    note(&mut self.violations.duplicated, violation.clone());
+                    let e = format!(
+                        "{violation} (history of {key} above it: {:?})",
+                        track.history
+                    );
+                    if self.evidence.len() < 20 {
+                        self.evidence.push(e);
+                    }
                 }
             }
         }
@@ -418,12 +460,13 @@ impl State {
             }
         }
         let mut found = Violations::default();
+        let mut involved: Vec<(String, Vec<String>)> = vec![];
         for (node, (gpus, jobs)) in &node_jobs {
             let cap = self.capacity.get(*node).copied().unwrap_or(0);
             if *gpus > cap {
-                found.over_node_jobs.push(format!(
-                    "node {node} given {gpus} of {cap} GPUs by {jobs:?}"
-                ));
+                let v = format!("node {node} given {gpus} of {cap} GPUs by {jobs:?}");
+                involved.push((v.clone(), jobs.iter().map(|j| j.to_string()).collect()));
+                found.over_node_jobs.push(v);
             }
         }
         for (node, gpus) in &node_pods {
@@ -437,9 +480,16 @@ impl State {
         for (ns, gpus) in &tenant_jobs {
             let ceiling = self.ceilings.get(*ns).copied().unwrap_or(0);
             if *gpus > ceiling {
-                found.over_tenant_jobs.push(format!(
-                    "tenant {ns} holds {gpus} GPUs, more than its {ceiling}"
-                ));
+                let v = format!("tenant {ns} holds {gpus} GPUs, more than its {ceiling}");
+                let jobs = self
+                    .tjs
+                    .live
+                    .iter()
+                    .filter(|(k, t)| t.holding() && k.starts_with(&format!("{ns}/")))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                involved.push((v.clone(), jobs));
+                found.over_tenant_jobs.push(v);
             }
         }
         for (ns, gpus) in &tenant_pods {
@@ -448,6 +498,14 @@ impl State {
                 found.over_tenant_pods.push(format!(
                     "tenant {ns} runs pods requesting {gpus} GPUs, more than its {ceiling}"
                 ));
+            }
+        }
+        for (v, jobs) in involved {
+            let known = self.violations.over_node_jobs.contains(&v)
+                || self.violations.over_tenant_jobs.contains(&v);
+            if !known && self.evidence.len() < 20 {
+                let e = self.evidence_of(&v, &jobs);
+                self.evidence.push(e);
             }
         }
         self.peak_gpus_jobs = self.peak_gpus_jobs.max(total_jobs);
@@ -468,6 +526,26 @@ impl State {
         for s in off_pool {
             note(&mut v.pods_off_pool, s);
         }
+    }
+
+    /// When `violation` was first seen, and the states the `jobs` went through.
+    fn evidence_of(&self, violation: &str, jobs: &[String]) -> String {
+        let mut out = format!(
+            "{violation}, first seen at {}:",
+            jiff::Timestamp::now().strftime("%H:%M:%S%.3f")
+        );
+        for j in jobs {
+            out.push_str(&format!("\n  {j}:"));
+            for h in self
+                .tracks
+                .get(j)
+                .map(|t| t.history.as_slice())
+                .unwrap_or_default()
+            {
+                out.push_str(&format!("\n    {h}"));
+            }
+        }
+        out
     }
 
     /// Live pods per job and completion index: a job runs at most once.

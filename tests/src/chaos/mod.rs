@@ -776,6 +776,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<report::Report> {
         failovers,
         starts: replicas.starts(),
         violations: s.violations.clone(),
+        evidence: s.evidence.clone(),
         tracks: s.tracks.clone(),
         ledger,
         recorded,

@@ -199,6 +199,8 @@ pub struct Report {
     pub failovers: Vec<Failover>,
     pub starts: BTreeMap<char, u32>,
     pub violations: Violations,
+    /// The histories of the jobs behind each broken invariant.
+    pub evidence: Vec<String>,
     pub tracks: BTreeMap<String, Track>,
     pub ledger: f64,
     pub recorded: f64,
@@ -526,6 +528,16 @@ impl Report {
             for v in all {
                 let _ = writeln!(t, "- {v}");
             }
+        }
+        if !self.evidence.is_empty() {
+            let _ = writeln!(
+                t,
+                "\nWhat the checker saw (each job's states, as the API served them):\n\n```"
+            );
+            for e in &self.evidence {
+                let _ = writeln!(t, "{e}");
+            }
+            let _ = writeln!(t, "```");
         }
         t
     }

@@ -231,18 +231,31 @@ async fn pass(ctx: &Context, caches: &Caches) -> Vec<Written> {
     };
     let now = build::now();
     let mut written = vec![];
-    let mut record = |work: Work, outcome: Result<bool>| match outcome {
-        Ok(true) => written.push(work.written()),
-        Ok(false) => {}
+    let mut record = |work: Work, outcome: Result<Option<Written>>| match outcome {
+        Ok(Some(w)) => written.push(w),
+        Ok(None) => {}
         Err(e) => {
             ctx.metrics.error(CONTROLLER, e.metric_label());
             tracing::warn!(job = %work.id(), error = %e, "applying an admission decision failed");
         }
     };
+    // A write over the version the pass read.
+    let over_read = |work: Work, r: Result<bool>| r.map(|wrote| wrote.then(|| work.written()));
+    // Pools where an eviction the engine decided did not happen. The engine's later
+    // decisions there may hand out GPUs that eviction would have freed (the
+    // victim's leftover nodes go to the next jobs of the pass), so none of them is
+    // applied: the next pass decides again from what the API says. (Seen in the
+    // chaos run: a victim's status write lost a race, 409, and a job admitted later
+    // in the same pass was placed on the victim's nodes while it still ran there.)
+    let mut unsettled: std::collections::HashSet<&str> = Default::default();
     for decision in &decisions.decisions {
         let Some(&work) = by_id.get(&decision.job) else {
             continue;
         };
+        let admits = !matches!(decision.outcome, Outcome::Queued { .. });
+        if admits && unsettled.contains(decision.pool.as_str()) {
+            continue;
+        }
         match &decision.outcome {
             Outcome::Admit(admission) => {
                 let r = admit_work(ctx, work, admission, &decision.pool, &now).await;
@@ -266,13 +279,15 @@ async fn pass(ctx: &Context, caches: &Caches) -> Vec<Written> {
                         ctx.metrics.factory.preemptions.get_or_create(&labels).inc();
                     }
                     evicted_all &= r.is_ok();
-                    record(victim, r);
+                    record(victim, over_read(victim, r));
                 }
                 // Admitting while a victim still holds its GPUs would give them twice.
                 if evicted_all {
                     let r = admit_work(ctx, work, admission, &decision.pool, &now).await;
                     count_admission(ctx, work, &decision.tenant, &decision.pool, &r);
                     record(work, r);
+                } else {
+                    unsettled.insert(decision.pool.as_str());
                 }
             }
             Outcome::Queued { position, reason } => {
@@ -285,14 +300,14 @@ async fn pass(ctx: &Context, caches: &Caches) -> Vec<Written> {
                     &now,
                 )
                 .await;
-                record(work, r);
+                record(work, over_read(work, r));
             }
         }
     }
     for (id, reason) in &snap.refused {
         if let Some(&work) = by_id.get(id) {
             let r = queue(ctx, work, None, reason, "NotAdmissible", &now).await;
-            record(work, r);
+            record(work, over_read(work, r));
         }
     }
     publish_factory_metrics(ctx, &decisions.decisions, &tenants, &snap.usage);
@@ -324,7 +339,7 @@ async fn pass(ctx: &Context, caches: &Caches) -> Vec<Written> {
 }
 
 /// Counts an admission and how long the job waited for it.
-fn count_admission(ctx: &Context, work: Work, tenant: &str, pool: &str, r: &Result<bool>) {
+fn count_admission<T>(ctx: &Context, work: Work, tenant: &str, pool: &str, r: &Result<T>) {
     if r.is_err() {
         return;
     }
@@ -402,37 +417,48 @@ fn ws_api(ctx: &Context, ws: &Workspace) -> Api<Workspace> {
     Api::namespaced(ctx.client.clone(), &ws.namespace().unwrap_or_default())
 }
 
+/// Applies an admission; what it wrote, with the version it wrote over (for the
+/// next pass to wait until its cache shows the write).
 async fn admit_work(
     ctx: &Context,
     work: Work<'_>,
     admission: &Admission,
     pool: &str,
     now: &Time,
-) -> Result<bool> {
+) -> Result<Option<Written>> {
     let wrote = match write_admitted(ctx, work, admission, now).await {
         // The object changed since the cache showed it (its own reconcile wrote a
         // status): the decision still holds if it still waits, so it is applied
         // to the fresh object. Dropping it would leave victims evicted for
-        // nothing, and the next pass could hand their GPUs back to them.
+        // nothing, and the next pass could hand their GPUs back to them. The write
+        // replaced the fresh version, not the cached one: recording the cached one
+        // would let the next pass go on as soon as its cache shows the fresh
+        // version, the job still waiting there, and admit onto its GPUs again.
         Err(Error::Kube(kube::Error::Api(s))) if s.code == 409 => match work {
             Work::Job(tj) => {
                 let fresh = api(ctx, tj).get(&tj.name_any()).await?;
                 if !snapshot::waits(&fresh) {
-                    return Ok(false);
+                    return Ok(None);
                 }
-                write_admitted(ctx, Work::Job(&fresh), admission, now).await?
+                let fresh = Work::Job(&fresh);
+                write_admitted(ctx, fresh, admission, now)
+                    .await?
+                    .then(|| fresh.written())
             }
             Work::Session(ws) => {
                 let fresh = ws_api(ctx, ws).get(&ws.name_any()).await?;
                 if !session::waits(&fresh) {
-                    return Ok(false);
+                    return Ok(None);
                 }
-                write_admitted(ctx, Work::Session(&fresh), admission, now).await?
+                let fresh = Work::Session(&fresh);
+                write_admitted(ctx, fresh, admission, now)
+                    .await?
+                    .then(|| fresh.written())
             }
         },
-        other => other?,
+        other => other?.then(|| work.written()),
     };
-    if wrote {
+    if wrote.is_some() {
         let message = format!(
             "admitted to pool {pool} on {}{}",
             admission.placement.join(", "),
