@@ -1,5 +1,5 @@
 # aifactory: the two commands of the README, and the pieces they are made of.
-.PHONY: demo test factory-up factory-down tools crds bench chaos image
+.PHONY: demo test fuzz factory-up factory-down tools crds bench chaos image
 
 ## demo: build what is needed, start the local factory, install the CRDs, apply examples/, show the result
 demo:
@@ -8,6 +8,11 @@ demo:
 ## test: the whole test suite (lints, unit, property, CRD drift, integration on the local factory)
 test:
 	hack/test.sh
+
+## fuzz: 10,000 random objects of all five kinds through the local factory's API server,
+## then the operator's invariants checked (hack/fuzz.sh --objects N --seed S; tests/tests/fuzz.rs)
+fuzz:
+	hack/fuzz.sh
 
 ## factory-up / factory-down: start or stop the local factory (16 simulated H100 nodes by default)
 factory-up:

@@ -541,3 +541,40 @@ async fn a_claim_the_tenants_storage_quota_refuses_fails_the_dataset_and_the_wor
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_dataset_grown_on_a_class_that_cannot_expand_says_the_resize_was_refused()
+-> anyhow::Result<()> {
+    // A resize is applied as the whole claim with its new size (the fuzz run
+    // found the size alone applied under the operator's field manager, which
+    // drops what it applied before: 400 or 422). This factory's static volumes
+    // cannot expand, so the API refuses it: the dataset says so, stays Ready.
+    let client = setup().await?;
+    let acme = tenant(&client, "ds-grow", json!({})).await?;
+    create_dataset(
+        &client,
+        &acme.name,
+        "growing",
+        json!({}),
+        json!({"size": "2Gi", "accessModes": ["ReadWriteOnce"]}),
+    )
+    .await?;
+    wait_ready(&client, &acme.name, "growing").await?;
+    Api::<Dataset>::namespaced(client.clone(), &acme.name)
+        .patch(
+            "growing",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"size": "3Gi"}})),
+        )
+        .await?;
+    let ds = wait_dataset(&client, &acme.name, "growing", "Resized=False", |d| {
+        condition(d, "Resized").is_some_and(|(s, _, _)| s == "False")
+    })
+    .await?;
+    let (_, reason, message) = condition(&ds, "Resized").unwrap();
+    assert_eq!(reason, "ResizeRefused");
+    assert!(message.contains("cannot grow to 3Gi"), "{message}");
+    // The data stays usable at its old size.
+    assert_eq!(phase(&ds), Some(DatasetPhase::Ready));
+    Ok(())
+}

@@ -842,7 +842,10 @@ pub fn quantity_bytes(q: &str) -> Option<f64> {
     Some(number * factor)
 }
 
-/// Whether the live claim requests less than `size` (the spec grew).
+/// Whether the live claim requests less than `size` (the spec grew). The API
+/// server stores a claim's request in an int64 of bytes, clamping anything
+/// larger (`36654Pi` reads back as 9223372036854775807): a size beyond that is
+/// what the claim has already, not a growth to ask for again at every reconcile.
 pub fn claim_must_grow(live: &PersistentVolumeClaim, size: &str) -> bool {
     let requested = live
         .spec
@@ -851,7 +854,7 @@ pub fn claim_must_grow(live: &PersistentVolumeClaim, size: &str) -> bool {
         .and_then(|r| r.requests.as_ref())
         .and_then(|r| r.get("storage"))
         .and_then(|q| quantity_bytes(&q.0));
-    matches!((requested, quantity_bytes(size)), (Some(have), Some(want)) if want > have)
+    matches!((requested, quantity_bytes(size)), (Some(have), Some(want)) if want.min(i64::MAX as f64) > have)
 }
 
 #[cfg(test)]
@@ -1138,5 +1141,19 @@ mod tests {
         .unwrap();
         assert!(!claim_must_grow(&claim, "1024Mi"));
         assert!(claim_must_grow(&claim, "2Gi"));
+        // What the API server made of a size past int64 bytes (found by the fuzz
+        // run: the claim was "grown" again at every reconcile).
+        let clamped: PersistentVolumeClaim = serde_json::from_value(
+            json!({"spec": {"resources": {"requests": {"storage": "9223372036854775807"}}}}),
+        )
+        .unwrap();
+        assert!(!claim_must_grow(&clamped, "36654Pi"));
+        assert!(!claim_must_grow(&clamped, "8Ei"));
+        // A fractional byte count, as the API server writes it back (milli-bytes).
+        let fractional: PersistentVolumeClaim = serde_json::from_value(
+            json!({"spec": {"resources": {"requests": {"storage": "202937204736m"}}}}),
+        )
+        .unwrap();
+        assert!(!claim_must_grow(&fractional, ".189Gi"));
     }
 }

@@ -76,13 +76,14 @@ pub async fn grow_claim(
     {
         return Ok(Some(c.message.clone()));
     }
-    let patch = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-        "spec": {"resources": {"requests": {"storage": size}}}});
+    // The whole claim, with its new size: an apply is this manager's full intent,
+    // so a body of the size alone would drop the name, labels, owner and access
+    // modes it applied before (the API server answers 400, or 422).
     match api
         .patch(
             &desired.name_any(),
             &PatchParams::apply(crate::MANAGER).force(),
-            &Patch::Apply(&patch),
+            &Patch::Apply(desired),
         )
         .await
     {

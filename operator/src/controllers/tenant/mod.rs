@@ -186,15 +186,26 @@ async fn release_dropped_namespaces(tenant: &Tenant, keep: &[String], ctx: &Cont
 
 async fn release_namespace(ns: &str, policy: DeletionPolicy, ctx: &Context) -> Result<()> {
     let ns_api: Api<Namespace> = Api::all(ctx.client.clone());
+    // Gone already (the garbage collector, a retried cleanup): what was wanted.
+    let gone = |r: kube::Result<_>| match r {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    };
     match policy {
         DeletionPolicy::Delete => {
-            ns_api.delete(ns, &DeleteParams::background()).await?;
+            gone(
+                ns_api
+                    .delete(ns, &DeleteParams::background())
+                    .await
+                    .map(|_| ()),
+            )?;
         }
         DeletionPolicy::Retain => {
             let roles: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), ns);
             for b in [build::OWNER_ROLE, build::MEMBER_ROLE] {
                 if roles.get_opt(b).await?.is_some() {
-                    roles.delete(b, &DeleteParams::default()).await?;
+                    gone(roles.delete(b, &DeleteParams::default()).await.map(|_| ()))?;
                 }
             }
             let patch = json!({"metadata": {"labels": {TENANT_LABEL: null}}});
