@@ -12,19 +12,49 @@ use std::fmt::Debug;
 /// Whether `live` already holds everything `desired` says: every field of
 /// `desired` is present in `live` with the same value (objects recursively, lists
 /// element by element and of equal length). Fields the server or other managers
-/// added to `live` do not matter.
+/// added to `live` do not matter. Resource quantities (the values of `hard`,
+/// `requests`, `limits` and the other maps of [`QUANTITY_MAPS`], and `sizeLimit`)
+/// are compared as numbers: the server stores `2000` as `2k`.
 pub fn contains(live: &Value, desired: &Value) -> bool {
+    contains_at(live, desired, false)
+}
+
+/// Keys whose values are maps of resource name to quantity.
+pub const QUANTITY_MAPS: [&str; 8] = [
+    "hard",
+    "requests",
+    "limits",
+    "default",
+    "defaultRequest",
+    "max",
+    "min",
+    "maxLimitRequestRatio",
+];
+
+fn contains_at(live: &Value, desired: &Value, quantity: bool) -> bool {
     match (live, desired) {
-        (Value::Object(l), Value::Object(d)) => {
-            d.iter().all(|(k, dv)| match l.get(k) {
-                Some(lv) => contains(lv, dv),
-                // An empty desired value equals an absent one (the server drops them).
-                None => is_empty(dv),
-            })
-        }
+        (Value::Object(l), Value::Object(d)) => d.iter().all(|(k, dv)| match l.get(k) {
+            Some(lv) => {
+                if k == "sizeLimit" {
+                    contains_at(lv, dv, true)
+                } else if QUANTITY_MAPS.contains(&k.as_str()) {
+                    match (lv, dv) {
+                        (Value::Object(lm), Value::Object(dm)) => dm
+                            .iter()
+                            .all(|(r, q)| lm.get(r).is_some_and(|lq| contains_at(lq, q, true))),
+                        _ => contains_at(lv, dv, false),
+                    }
+                } else {
+                    contains_at(lv, dv, false)
+                }
+            }
+            // An empty desired value equals an absent one (the server drops them).
+            None => is_empty(dv),
+        }),
         (Value::Array(l), Value::Array(d)) => {
-            l.len() == d.len() && l.iter().zip(d).all(|(lv, dv)| contains(lv, dv))
+            l.len() == d.len() && l.iter().zip(d).all(|(lv, dv)| contains_at(lv, dv, false))
         }
+        (Value::String(l), Value::String(d)) if quantity => crate::quantity::same(l, d),
         // A field the server dropped because it was empty.
         (Value::Null, d) if is_empty(d) => true,
         _ => live == desired,
@@ -78,6 +108,52 @@ where
     })
 }
 
+/// Server-side applies `desired` without reading the live object first: for a
+/// write the caller knows is needed (creating what is not there, a change the
+/// live object is known to lack).
+pub async fn force_apply<K>(api: &Api<K>, desired: &K) -> Result<()>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + Debug,
+{
+    api.patch(
+        &desired.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(desired),
+    )
+    .await?;
+    Ok(())
+}
+
+/// [`apply`], reading the live object from `cache` (a watch cache of the kind)
+/// instead of the API server. A GET is made only when the cache does not hold the
+/// object (not created yet, or the cache has not caught up).
+pub async fn apply_cached<K>(
+    api: &Api<K>,
+    cache: &kube::runtime::reflector::Store<K>,
+    desired: &K,
+) -> Result<Applied>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
+{
+    let name = desired.name_any();
+    let Some(live) = crate::cache::cached(cache, desired.meta().namespace.as_deref(), &name) else {
+        return apply(api, desired).await;
+    };
+    if contains(
+        &serde_json::to_value(live.as_ref())?,
+        &serde_json::to_value(desired)?,
+    ) {
+        return Ok(Applied::Unchanged);
+    }
+    api.patch(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(desired),
+    )
+    .await?;
+    Ok(Applied::Updated)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +178,33 @@ mod tests {
         assert!(contains(
             &live,
             &json!({"spec": {"subjects": [{"name": "alice"}, {"name": "bob"}]}})
+        ));
+    }
+
+    #[test]
+    fn quantities_match_in_the_servers_canonical_form_and_only_there() {
+        let live = json!({"spec": {"hard": {"count/pods": "2k", "requests.nvidia.com/gpu": "4k"},
+            "limits": [{"default": {"memory": "1Gi"}, "type": "Container"}]},
+            "metadata": {"labels": {"size": "2k"}},
+            "volume": {"emptyDir": {"sizeLimit": "1Gi"}}});
+        assert!(contains(
+            &live,
+            &json!({"spec": {"hard": {"count/pods": "2000", "requests.nvidia.com/gpu": "4000"},
+                "limits": [{"default": {"memory": "1024Mi"}, "type": "Container"}]},
+                "volume": {"emptyDir": {"sizeLimit": "1024Mi"}}})
+        ));
+        assert!(!contains(
+            &live,
+            &json!({"spec": {"hard": {"count/pods": "3000"}}})
+        ));
+        assert!(!contains(
+            &live,
+            &json!({"spec": {"hard": {"count/secrets": "500"}}})
+        ));
+        // A label is text, even when it reads like a quantity.
+        assert!(!contains(
+            &live,
+            &json!({"metadata": {"labels": {"size": "2000"}}})
         ));
     }
 

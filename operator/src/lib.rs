@@ -2,6 +2,7 @@
 //! cluster state, and the plumbing they share (leader election, metrics, events,
 //! change-only apply).
 pub mod apply;
+pub mod cache;
 pub mod conditions;
 pub mod context;
 pub mod controllers;
@@ -9,6 +10,7 @@ pub mod error;
 pub mod fence;
 pub mod leader;
 pub mod metrics;
+pub mod quantity;
 pub mod server;
 
 /// Field manager of every write the operator makes (server-side apply).
