@@ -10,8 +10,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::Api;
-use kube::runtime::reflector;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -179,12 +178,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             let _ = rx.wait_for(|stop| *stop).await;
         }
     };
-    let (pool_reader, pool_writer) = reflector::store();
-    let pool_stream = reflector::reflector(
-        pool_writer,
-        watcher(Api::all(writer.clone()), watcher::Config::default()).default_backoff(),
-    )
-    .touched_objects();
+    // Tenants follow a pool's capacity and GPU resource, not its allocation: a
+    // pool's status changes at every admission, its tenants have nothing to do.
+    let (pool_reader, pool_stream) = aifactory::cache::watch_changes(
+        Api::all(writer.clone()),
+        watcher::Config::default(),
+        tenant::pool_fingerprint,
+    );
     let mut controllers = tokio::task::JoinSet::new();
     controllers.spawn(gpupool::run(
         writer.clone(),

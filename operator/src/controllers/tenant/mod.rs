@@ -3,7 +3,8 @@
 //! tenants out, a ServiceAccount for jobs) and the right to read its own Tenant.
 pub mod build;
 
-use crate::apply::{Applied, apply};
+use crate::apply::{Applied, apply_cached};
+use crate::cache::{cached, desired_fields, labelled, watch_changes};
 use crate::conditions::condition;
 use crate::context::{Context, now, on_error};
 use crate::error::{Error, Result};
@@ -29,6 +30,23 @@ pub const FINALIZER: &str = "aifactory.dev/namespaces";
 struct TenantCtx {
     ctx: Arc<Context>,
     pools: Store<GpuPool>,
+    live: Live,
+}
+
+/// Watch caches of everything the controller writes: what is already as desired
+/// is read here, not from the API server.
+struct Live {
+    /// Every namespace (a namespace of the same name that is not the tenant's is
+    /// a conflict to report).
+    namespaces: Store<Namespace>,
+    quotas: Store<ResourceQuota>,
+    limits: Store<LimitRange>,
+    network_policies: Store<NetworkPolicy>,
+    service_accounts: Store<ServiceAccount>,
+    roles: Store<Role>,
+    bindings: Store<RoleBinding>,
+    cluster_roles: Store<ClusterRole>,
+    cluster_bindings: Store<ClusterRoleBinding>,
 }
 
 #[tracing::instrument(skip_all, fields(tenant = %tenant.name_any()))]
@@ -38,32 +56,41 @@ async fn reconcile(tenant: Arc<Tenant>, tc: Arc<TenantCtx>) -> Result<Action> {
     finalizer(&api, FINALIZER, tenant, |event| async {
         match event {
             Finalizer::Apply(tenant) => apply_tenant(tenant, &tc).await,
-            Finalizer::Cleanup(tenant) => cleanup(tenant, &tc.ctx).await,
+            Finalizer::Cleanup(tenant) => cleanup(tenant, &tc).await,
         }
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
-fn owned_selector(tenant: &str) -> ListParams {
-    ListParams::default().labels(&format!("{TENANT_LABEL}={tenant}"))
-}
-
 async fn apply_tenant(tenant: Arc<Tenant>, tc: &TenantCtx) -> Result<Action> {
     let ctx = &tc.ctx;
+    let live = &tc.live;
     let client = &ctx.client;
     let name = tenant.name_any();
+    // Conflicts and dropped namespaces are judged from the namespace cache: a
+    // namespace not listed yet is not a namespace that does not exist.
+    crate::context::cache_ready("namespaces", &live.namespaces).await?;
     let ns_api: Api<Namespace> = Api::all(client.clone());
     let ceilings = build::gpu_ceilings(&tenant, &tc.pools.state());
     let mut owned = vec![];
     let mut refusals = vec![];
     for ns in tenant.spec.namespaces_or_default(&name) {
-        if let Some(why) = build::namespace_refusal(&name, ns_api.get_opt(&ns).await?.as_ref()) {
+        let existing = cached(&live.namespaces, None, &ns);
+        if let Some(why) = build::namespace_refusal(&name, existing.as_deref()) {
             refusals.push(why);
             continue;
         }
-        let children = build::namespace_children(&tenant, &ns, &ceilings);
-        if apply(&ns_api, &children.namespace).await? == Applied::Created {
+        let build::NamespaceChildren {
+            namespace,
+            quota,
+            limits,
+            roles,
+            bindings,
+            network_policy,
+            service_account,
+        } = build::namespace_children(&tenant, &ns, &ceilings);
+        if apply_cached(&ns_api, &live.namespaces, &namespace).await? == Applied::Created {
             ctx.event(
                 tenant.as_ref(),
                 false,
@@ -72,51 +99,46 @@ async fn apply_tenant(tenant: Arc<Tenant>, tc: &TenantCtx) -> Result<Action> {
             )
             .await;
         }
-        apply(
-            &Api::<ResourceQuota>::namespaced(client.clone(), &ns),
-            &children.quota,
+
+        apply_cached(&Api::namespaced(client.clone(), &ns), &live.quotas, &quota).await?;
+        apply_cached(&Api::namespaced(client.clone(), &ns), &live.limits, &limits).await?;
+        apply_cached(
+            &Api::namespaced(client.clone(), &ns),
+            &live.network_policies,
+            &network_policy,
         )
         .await?;
-        apply(
-            &Api::<LimitRange>::namespaced(client.clone(), &ns),
-            &children.limits,
+        apply_cached(
+            &Api::namespaced(client.clone(), &ns),
+            &live.service_accounts,
+            &service_account,
         )
         .await?;
-        apply(
-            &Api::<NetworkPolicy>::namespaced(client.clone(), &ns),
-            &children.network_policy,
-        )
-        .await?;
-        apply(
-            &Api::<ServiceAccount>::namespaced(client.clone(), &ns),
-            &children.service_account,
-        )
-        .await?;
-        let roles: Api<Role> = Api::namespaced(client.clone(), &ns);
-        for role in &children.roles {
-            apply(&roles, role).await?;
+        let role_api: Api<Role> = Api::namespaced(client.clone(), &ns);
+        for role in &roles {
+            apply_cached(&role_api, &live.roles, role).await?;
         }
-        let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &ns);
-        for binding in &children.bindings {
-            apply(&bindings, binding).await?;
+        let binding_api: Api<RoleBinding> = Api::namespaced(client.clone(), &ns);
+        for binding in &bindings {
+            apply_cached(&binding_api, &live.bindings, binding).await?;
         }
         // A binding that dropped out of the desired state (no members any more) goes.
-        if !children
-            .bindings
-            .iter()
-            .any(|b| b.name_any() == build::MEMBER_ROLE)
-            && bindings.get_opt(build::MEMBER_ROLE).await?.is_some()
+        if !bindings.iter().any(|b| b.name_any() == build::MEMBER_ROLE)
+            && cached(&live.bindings, Some(&ns), build::MEMBER_ROLE).is_some()
         {
-            bindings
-                .delete(build::MEMBER_ROLE, &DeleteParams::default())
-                .await?;
+            gone(
+                binding_api
+                    .delete(build::MEMBER_ROLE, &DeleteParams::default())
+                    .await
+                    .map(|_| ()),
+            )?;
         }
         owned.push(ns);
     }
-    release_dropped_namespaces(&tenant, &owned, ctx).await?;
+    release_dropped_namespaces(&tenant, &owned, tc).await?;
     let (role, binding) = build::cluster_rbac(&tenant);
-    apply(&Api::<ClusterRole>::all(client.clone()), &role).await?;
-    apply(&Api::<ClusterRoleBinding>::all(client.clone()), &binding).await?;
+    apply_cached(&Api::all(client.clone()), &live.cluster_roles, &role).await?;
+    apply_cached(&Api::all(client.clone()), &live.cluster_bindings, &binding).await?;
 
     let previous = tenant.status.clone().unwrap_or_default();
     let ready = refusals.is_empty();
@@ -161,37 +183,43 @@ async fn apply_tenant(tenant: Arc<Tenant>, tc: &TenantCtx) -> Result<Action> {
 
 /// Namespaces labelled for the tenant that it no longer lists: deleted, or with
 /// `Retain` released (label removed, the tenant's RBAC in them removed).
-async fn release_dropped_namespaces(tenant: &Tenant, keep: &[String], ctx: &Context) -> Result<()> {
+async fn release_dropped_namespaces(
+    tenant: &Tenant,
+    keep: &[String],
+    tc: &TenantCtx,
+) -> Result<()> {
     let name = tenant.name_any();
-    let ns_api: Api<Namespace> = Api::all(ctx.client.clone());
-    for ns in ns_api.list_metadata(&owned_selector(&name)).await? {
+    for ns in labelled(&tc.live.namespaces, TENANT_LABEL, &name) {
         let ns_name = ns.name_any();
         if keep.contains(&ns_name) || ns.metadata.deletion_timestamp.is_some() {
             continue;
         }
-        release_namespace(&ns_name, tenant.spec.deletion_policy, ctx).await?;
-        ctx.event(
-            tenant,
-            false,
-            "NamespaceReleased",
-            format!(
-                "namespace {ns_name} is no longer the tenant's ({:?})",
-                tenant.spec.deletion_policy
-            ),
-        )
-        .await;
+        release_namespace(&ns_name, tenant.spec.deletion_policy, tc).await?;
+        tc.ctx
+            .event(
+                tenant,
+                false,
+                "NamespaceReleased",
+                format!(
+                    "namespace {ns_name} is no longer the tenant's ({:?})",
+                    tenant.spec.deletion_policy
+                ),
+            )
+            .await;
     }
     Ok(())
 }
 
-async fn release_namespace(ns: &str, policy: DeletionPolicy, ctx: &Context) -> Result<()> {
-    let ns_api: Api<Namespace> = Api::all(ctx.client.clone());
-    // Gone already (the garbage collector, a retried cleanup): what was wanted.
-    let gone = |r: kube::Result<_>| match r {
-        Ok(_) => Ok(()),
+/// Gone already (the garbage collector, a retried cleanup): what was wanted.
+fn gone(r: kube::Result<()>) -> kube::Result<()> {
+    match r {
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e),
-    };
+        r => r,
+    }
+}
+
+async fn release_namespace(ns: &str, policy: DeletionPolicy, tc: &TenantCtx) -> Result<()> {
+    let ns_api: Api<Namespace> = Api::all(tc.ctx.client.clone());
     match policy {
         DeletionPolicy::Delete => {
             gone(
@@ -202,27 +230,32 @@ async fn release_namespace(ns: &str, policy: DeletionPolicy, ctx: &Context) -> R
             )?;
         }
         DeletionPolicy::Retain => {
-            let roles: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), ns);
+            let roles: Api<RoleBinding> = Api::namespaced(tc.ctx.client.clone(), ns);
+            // Rare, and access is at stake: deleted without asking a cache.
             for b in [build::OWNER_ROLE, build::MEMBER_ROLE] {
-                if roles.get_opt(b).await?.is_some() {
-                    gone(roles.delete(b, &DeleteParams::default()).await.map(|_| ()))?;
-                }
+                gone(roles.delete(b, &DeleteParams::default()).await.map(|_| ()))?;
             }
             let patch = json!({"metadata": {"labels": {TENANT_LABEL: null}}});
-            ns_api
-                .patch(ns, &PatchParams::default(), &Patch::Merge(&patch))
-                .await?;
+            gone(
+                ns_api
+                    .patch(ns, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map(|_| ()),
+            )?;
         }
     }
     Ok(())
 }
 
-async fn cleanup(tenant: Arc<Tenant>, ctx: &Context) -> Result<Action> {
+async fn cleanup(tenant: Arc<Tenant>, tc: &TenantCtx) -> Result<Action> {
+    let ctx = &tc.ctx;
     let name = tenant.name_any();
+    // Rare and final: listed from the API server, not a cache that may lag.
     let ns_api: Api<Namespace> = Api::all(ctx.client.clone());
-    let namespaces = ns_api.list_metadata(&owned_selector(&name)).await?;
+    let owned = ListParams::default().labels(&format!("{TENANT_LABEL}={name}"));
+    let namespaces = ns_api.list_metadata(&owned).await?;
     for ns in &namespaces.items {
-        release_namespace(&ns.name_any(), tenant.spec.deletion_policy, ctx).await?;
+        release_namespace(&ns.name_any(), tenant.spec.deletion_policy, tc).await?;
     }
     ctx.event(
         tenant.as_ref(),
@@ -243,6 +276,20 @@ async fn cleanup(tenant: Arc<Tenant>, ctx: &Context) -> Result<Action> {
     Ok(Action::await_change())
 }
 
+/// What of a pool its tenants' namespaces follow: the GPU resource name and the
+/// capacity (the ceiling of an unlimited borrower), not the allocation.
+pub fn pool_fingerprint(pool: &GpuPool) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (
+        pool.metadata.uid.as_deref(),
+        &pool.spec.gpu.resource_name,
+        pool.status.as_ref().map(|s| s.gpus.capacity),
+    )
+        .hash(&mut hasher);
+    hasher.finish()
+}
+
 /// Runs the Tenant controller until `shutdown` resolves.
 pub async fn run(
     client: Client,
@@ -254,17 +301,44 @@ pub async fn run(
     concurrency: u16,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let owned = watcher::Config::default().labels(TENANT_LABEL);
-    let controller = Controller::new(
-        Api::<Tenant>::all(client.clone()),
+    let owned = || watcher::Config::default().labels(TENANT_LABEL);
+    // Children wake their tenant only when what the tenant set on them changed
+    // (or they went): a quota's usage moving with every pod is no reason.
+    let (namespaces, namespace_changes) = watch_changes::<Namespace>(
+        Api::all(client.clone()),
         watcher::Config::default(),
-    )
-    .trigger_backoff(crate::context::TriggerBackoff::default())
-    .with_config(
-        Config::default()
-            .concurrency(concurrency)
-            .debounce(Duration::from_millis(200)),
+        desired_fields,
     );
+    let (quotas, quota_changes) =
+        watch_changes::<ResourceQuota>(Api::all(client.clone()), owned(), desired_fields);
+    let (limits, limit_changes) =
+        watch_changes::<LimitRange>(Api::all(client.clone()), owned(), desired_fields);
+    let (network_policies, policy_changes) =
+        watch_changes::<NetworkPolicy>(Api::all(client.clone()), owned(), desired_fields);
+    let (service_accounts, account_changes) =
+        watch_changes::<ServiceAccount>(Api::all(client.clone()), owned(), desired_fields);
+    let (roles, role_changes) =
+        watch_changes::<Role>(Api::all(client.clone()), owned(), desired_fields);
+    let (bindings, binding_changes) =
+        watch_changes::<RoleBinding>(Api::all(client.clone()), owned(), desired_fields);
+    let (cluster_roles, cluster_role_changes) =
+        watch_changes::<ClusterRole>(Api::all(client.clone()), owned(), desired_fields);
+    let (cluster_bindings, cluster_binding_changes) =
+        watch_changes::<ClusterRoleBinding>(Api::all(client.clone()), owned(), desired_fields);
+    // A Tenant's status is written by the job accounting at every settlement; its
+    // namespaces follow its spec, so only a change of spec or metadata wakes it.
+    let (tenants, tenant_changes) = watch_changes::<Tenant>(
+        Api::all(client.clone()),
+        watcher::Config::default(),
+        desired_fields,
+    );
+    let controller = Controller::for_stream(tenant_changes, tenants)
+        .trigger_backoff(crate::context::TriggerBackoff::default())
+        .with_config(
+            Config::default()
+                .concurrency(concurrency)
+                .debounce(Duration::from_millis(200)),
+        );
     let tenants = controller.store();
     let by_label = |ns: Namespace| {
         ns.labels()
@@ -272,18 +346,15 @@ pub async fn run(
             .map(|t| ObjectRef::<Tenant>::new(t))
     };
     controller
-        .owns(Api::<ResourceQuota>::all(client.clone()), owned.clone())
-        .owns(Api::<LimitRange>::all(client.clone()), owned.clone())
-        .owns(Api::<NetworkPolicy>::all(client.clone()), owned.clone())
-        .owns(Api::<ServiceAccount>::all(client.clone()), owned.clone())
-        .owns(Api::<Role>::all(client.clone()), owned.clone())
-        .owns(Api::<RoleBinding>::all(client.clone()), owned.clone())
-        .owns(Api::<ClusterRole>::all(client.clone()), owned.clone())
-        .owns(
-            Api::<ClusterRoleBinding>::all(client.clone()),
-            owned.clone(),
-        )
-        .watches(Api::<Namespace>::all(client.clone()), owned, by_label)
+        .owns_stream(quota_changes)
+        .owns_stream(limit_changes)
+        .owns_stream(policy_changes)
+        .owns_stream(account_changes)
+        .owns_stream(role_changes)
+        .owns_stream(binding_changes)
+        .owns_stream(cluster_role_changes)
+        .owns_stream(cluster_binding_changes)
+        .watches_stream(namespace_changes, by_label)
         // GPU ceilings follow pool capacity: a pool change revisits every tenant.
         .watches_stream(pools.1, move |_: GpuPool| {
             tenants
@@ -301,6 +372,17 @@ pub async fn run(
             Arc::new(TenantCtx {
                 ctx,
                 pools: pools.0,
+                live: Live {
+                    namespaces,
+                    quotas,
+                    limits,
+                    network_policies,
+                    service_accounts,
+                    roles,
+                    bindings,
+                    cluster_roles,
+                    cluster_bindings,
+                },
             }),
         )
         .for_each(|_| futures::future::ready(()))
