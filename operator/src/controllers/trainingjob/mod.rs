@@ -13,7 +13,8 @@ pub mod build;
 pub mod pass;
 pub mod snapshot;
 
-use crate::apply::apply;
+use crate::apply::{apply_cached, force_apply};
+use crate::cache::cached;
 use crate::context::{Context, on_error};
 use crate::controllers::{pods, usage};
 use crate::error::{Error, Result};
@@ -24,7 +25,6 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use kube::api::{Api, DeleteParams};
-use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -43,6 +43,9 @@ pub const USAGE_FINALIZER: &str = "aifactory.dev/usage";
 struct JobCtx {
     ctx: Arc<Context>,
     pools: Store<GpuPool>,
+    /// The runs' Jobs (pod templates pruned) and Services.
+    jobs: Store<Job>,
+    services: Store<Service>,
     /// Pool members (the admission pass's node cache).
     nodes: Store<Node>,
     tenants: Store<Tenant>,
@@ -124,17 +127,11 @@ async fn run_job(tj: &TrainingJob, api: &Api<TrainingJob>, c: &JobCtx) -> Result
     let ctx = &c.ctx;
     let ns = tj.namespace().unwrap_or_default();
     let name = tj.name_any();
-    // Act on the freshest status: the cache may not show the admission pass's
-    // latest decision yet (a preempted job must not get its Job back).
-    let Some(tj) = api.get_opt(&name).await? else {
-        return Ok(Action::await_change());
-    };
     if tj.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let api = api.clone();
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
-    let job = jobs.get_opt(&name).await?;
+    let job = cached(&c.jobs, Some(&ns), &name);
     if let Some(j) = &job
         && !j.labels().contains_key(TRAININGJOB_LABEL)
     {
@@ -147,6 +144,7 @@ async fn run_job(tj: &TrainingJob, api: &Api<TrainingJob>, c: &JobCtx) -> Result
     let pool = c.pools.get(&ObjectRef::new(&tj.spec.pool));
     // A node missing from a cache still filling is not a lost node.
     crate::context::cache_ready("nodes", &c.nodes).await?;
+    crate::context::cache_ready("jobs", &c.jobs).await?;
     let lost_nodes = tj
         .status
         .as_ref()
@@ -160,25 +158,46 @@ async fn run_job(tj: &TrainingJob, api: &Api<TrainingJob>, c: &JobCtx) -> Result
         })
         .unwrap_or_default();
     let plan = build::plan(
-        &tj,
+        tj,
         &Observed {
-            job: job.as_ref(),
+            job: job.as_deref(),
             pool: pool.as_deref(),
             lost_nodes,
             now: build::now(),
         },
     );
     // The decision is recorded before it is acted on: a failed write changes
-    // nothing, and a failed action is retried from the recorded state.
-    write_job_status(&api, &tj, &plan.status).await?;
+    // nothing, and a failed action is retried from the recorded state. The write
+    // is conditional on the version the plan was made from, so a plan made from a
+    // cache that has not caught up yet is refused (409) and made again.
+    let wrote = match write_job_status(api, tj, &plan.status).await {
+        Ok(wrote) => wrote,
+        Err(Error::Kube(kube::Error::Api(s))) if s.code == 409 => {
+            return Ok(Action::requeue(Duration::from_millis(500)));
+        }
+        Err(e) => return Err(e),
+    };
+    // Starting a run on a decision the cache may not show the latest of (a
+    // preempted job must not get its Job back): unless the write above just
+    // proved the version fresh, ask the API server.
+    if !wrote
+        && matches!(plan.job, JobAction::Create(_) | JobAction::Release(_))
+        && api
+            .get_opt(&name)
+            .await?
+            .is_none_or(|fresh| fresh.metadata.resource_version != tj.metadata.resource_version)
+    {
+        return Ok(Action::requeue(Duration::from_millis(500)));
+    }
     for note in &plan.events {
-        ctx.event(&tj, note.warning, note.reason, note.message.clone())
+        ctx.event(tj, note.warning, note.reason, note.message.clone())
             .await;
     }
     if plan.service {
-        apply(
+        apply_cached(
             &Api::<Service>::namespaced(ctx.client.clone(), &ns),
-            &build::service(&tj),
+            &c.services,
+            &build::service(tj),
         )
         .await?;
     }
@@ -187,18 +206,28 @@ async fn run_job(tj: &TrainingJob, api: &Api<TrainingJob>, c: &JobCtx) -> Result
         JobAction::Create(pair) => {
             let (suspended, released) = *pair;
             // Created suspended, then released: the admission handshake Kueue uses,
-            // so admission could be handed to Kueue later.
-            apply(&jobs, &suspended).await?;
-            apply(&jobs, &released).await?;
+            // so admission could be handed to Kueue later. Neither needs a read:
+            // the plan says the Job is not there, then that it is ours.
+            force_apply(&jobs, &suspended).await?;
+            force_apply(&jobs, &released).await?;
         }
         JobAction::Release(released) => {
-            apply(&jobs, &released).await?;
+            force_apply(&jobs, &released).await?;
         }
         JobAction::Delete => delete_job(&jobs, &name).await?,
     }
     Ok(plan
         .requeue
         .map_or_else(Action::await_change, Action::requeue))
+}
+
+/// What the controller reads of a run's Job: its identity, `suspend` and status.
+/// The pod template (most of the object) is written, never read back.
+fn prune_job(job: &mut Job) {
+    job.annotations_mut().clear();
+    if let Some(spec) = job.spec.as_mut() {
+        spec.template = Default::default();
+    }
 }
 
 /// Whether a run can use `node`: it exists, is still in `pool`, Ready and not
@@ -302,27 +331,24 @@ pub async fn run(
         })
     };
 
-    let owned = watcher::Config::default().labels(TRAININGJOB_LABEL);
+    let owned = || watcher::Config::default().labels(TRAININGJOB_LABEL);
+    let (jobs, job_changes) = crate::cache::watch_pruned(
+        Api::<Job>::all(client.clone()),
+        owned(),
+        crate::cache::any_change,
+        prune_job,
+    );
+    let (services, service_changes) = crate::cache::watch_changes(
+        Api::<Service>::all(client.clone()),
+        owned(),
+        crate::cache::desired_fields,
+    );
     let controller = Controller::new(
         Api::<TrainingJob>::all(client.clone()),
         watcher::Config::default(),
     )
-    .owns_stream(
-        watcher(
-            Api::<PartialObjectMeta<Job>>::all(client.clone()),
-            owned.clone(),
-        )
-        .default_backoff()
-        .touched_objects(),
-    )
-    .owns_stream(
-        watcher(
-            Api::<PartialObjectMeta<Service>>::all(client.clone()),
-            owned,
-        )
-        .default_backoff()
-        .touched_objects(),
-    )
+    .owns_stream(job_changes)
+    .owns_stream(service_changes)
     .trigger_backoff(crate::context::TriggerBackoff::default())
     .with_config(
         Config::default()
@@ -351,6 +377,8 @@ pub async fn run(
             Arc::new(JobCtx {
                 ctx,
                 pools,
+                jobs,
+                services,
                 nodes: node_reader,
                 tenants: tenant_store,
                 changed,
