@@ -2,6 +2,7 @@
 //! state out) and `mod.rs` fetches, applies and writes status.
 pub mod dataset;
 pub mod gpupool;
+pub mod pending;
 pub mod pods;
 pub mod tenant;
 pub mod trainingjob;

@@ -557,6 +557,9 @@ async fn queue(
     match work {
         Work::Job(tj) => {
             let status = queued_status(tj, position, reason, code, now);
+            if !crate::controllers::pending::worth_writing(tj.status.as_ref(), &status) {
+                return Ok(false);
+            }
             let first = tj.status.as_ref().and_then(|s| s.phase).is_none();
             let wrote = write_job_status(&api(ctx, tj), tj, &status).await?;
             if wrote && first {
