@@ -13,7 +13,7 @@ use std::time::Duration;
 
 const WRITES: [&str; 5] = ["create", "update", "patch", "delete", "deletecollection"];
 
-/// One write request of an operator user.
+/// One request of an operator user (a write, unless the tail keeps reads too).
 #[derive(Clone, Debug)]
 pub struct Write {
     pub user: String,
@@ -27,6 +27,11 @@ pub struct Write {
 }
 
 impl Write {
+    /// Whether the request changes something (create, update, patch, delete).
+    pub fn is_write(&self) -> bool {
+        WRITES.contains(&self.verb.as_str())
+    }
+
     /// A write of the leader-election Lease.
     pub fn is_lease(&self, namespace: &str, name: &str) -> bool {
         self.resource == "leases" && self.namespace == namespace && self.name == name
@@ -61,11 +66,20 @@ pub struct AuditTail {
 impl AuditTail {
     /// Starts following `path`, keeping the writes of `users`.
     pub fn start(path: PathBuf, users: Vec<String>) -> Self {
+        Self::following(path, users, false)
+    }
+
+    /// Starts following `path`, keeping every request of `users`, reads included.
+    pub fn start_all(path: PathBuf, users: Vec<String>) -> Self {
+        Self::following(path, users, true)
+    }
+
+    fn following(path: PathBuf, users: Vec<String>, reads: bool) -> Self {
         let writes = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (writes, stop) = (writes.clone(), stop.clone());
-            std::thread::spawn(move || follow(&path, &users, &writes, &stop))
+            std::thread::spawn(move || follow(&path, &users, reads, &writes, &stop))
         };
         Self {
             writes,
@@ -99,7 +113,13 @@ impl Drop for AuditTail {
     }
 }
 
-fn follow(path: &PathBuf, users: &[String], writes: &Mutex<Vec<Write>>, stop: &AtomicBool) {
+fn follow(
+    path: &PathBuf,
+    users: &[String],
+    reads: bool,
+    writes: &Mutex<Vec<Write>>,
+    stop: &AtomicBool,
+) {
     let needles: Vec<String> = users
         .iter()
         .map(|u| format!("\"username\":\"{u}\""))
@@ -143,7 +163,7 @@ fn follow(path: &PathBuf, users: &[String], writes: &Mutex<Vec<Write>>, stop: &A
                             std::mem::take(&mut partial)
                         };
                         if needles.iter().any(|n| whole.contains(n.as_str()))
-                            && let Some(w) = parse(&whole)
+                            && let Some(w) = parse(&whole, reads)
                         {
                             writes.lock().unwrap().push(w);
                         }
@@ -168,10 +188,10 @@ fn follow(path: &PathBuf, users: &[String], writes: &Mutex<Vec<Write>>, stop: &A
     }
 }
 
-fn parse(line: &str) -> Option<Write> {
+fn parse(line: &str, reads: bool) -> Option<Write> {
     let event: Value = serde_json::from_str(line).ok()?;
     let verb = event["verb"].as_str()?.to_string();
-    if !WRITES.contains(&verb.as_str()) {
+    if !reads && !WRITES.contains(&verb.as_str()) {
         return None;
     }
     let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
