@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tower::buffer::BufferLayer;
 use tower::filter::FilterLayer;
+use tower::limit::{ConcurrencyLimitLayer, RateLimitLayer};
 use tower::retry::RetryLayer;
 
 /// Whether, and until when, this replica may write.
@@ -112,18 +113,59 @@ impl Fence {
     }
 }
 
-/// A client like `Client::try_from(config)` whose writes pass `fence`. kube's own
-/// retries (429, 503, 504, after a backoff that may be long) are moved above the
-/// fence, so each attempt is checked when it is sent, not when it was first made.
-pub fn fenced_client(mut config: Config, fence: Arc<Fence>) -> kube::Result<Client> {
+/// How hard the operator may press the API server, which the whole factory shares.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Limits {
+    /// Requests per second, sustained.
+    pub qps: u32,
+    /// Requests that may go at once above that rate.
+    pub burst: u32,
+    /// Requests in flight at once (a watch counts until its response starts).
+    pub in_flight: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            qps: 100,
+            burst: 200,
+            in_flight: 64,
+        }
+    }
+}
+
+impl Limits {
+    /// The window of the rate limiter: `burst` requests per window is `qps` a second.
+    pub fn window(&self) -> Duration {
+        Duration::from_secs_f64(f64::from(self.burst.max(1)) / f64::from(self.qps.max(1)))
+    }
+}
+
+/// A client like `Client::try_from(config)` whose writes pass `fence`, rate- and
+/// concurrency-limited by `limits`. kube's own retries (429, 503, 504, after a
+/// backoff) are moved above the fence, so each attempt is checked when it is
+/// sent, not when it was first made; the limiters are above the fence too, so a
+/// write that waited for its turn is checked after the wait.
+pub fn fenced_client(
+    mut config: Config,
+    fence: Arc<Fence>,
+    limits: Limits,
+) -> kube::Result<Client> {
     let retry = std::mem::replace(&mut config.default_retry, false);
-    let fenced = ClientBuilder::try_from(config)?.with_layer(&FilterLayer::new(
-        move |request: Request<Body>| fence.check(request, Instant::now()),
-    ));
+    let fenced = ClientBuilder::try_from(config)?
+        .with_layer(&FilterLayer::new(move |request: Request<Body>| {
+            fence.check(request, Instant::now())
+        }))
+        .with_layer(&ConcurrencyLimitLayer::new(limits.in_flight.max(1)))
+        .with_layer(&RateLimitLayer::new(
+            u64::from(limits.burst.max(1)),
+            limits.window(),
+        ))
+        // The retry layer needs a service it can clone, the rate limiter one that
+        // is driven to readiness before each call; the buffer is both.
+        .with_layer(&BufferLayer::new(1024));
     Ok(if retry {
         fenced
-            // The retry layer needs a service it can clone; the buffer is one.
-            .with_layer(&BufferLayer::new(1024))
             .with_layer(&RetryLayer::new(RetryPolicy::server_retry()))
             .build()
     } else {
@@ -144,6 +186,13 @@ mod tests {
     }
 
     const WRITES: [&str; 4] = ["POST", "PUT", "PATCH", "DELETE"];
+
+    #[test]
+    fn the_default_limits_allow_a_burst_of_200_and_100_a_second() {
+        let l = Limits::default();
+        assert_eq!((l.qps, l.burst), (100, 200));
+        assert_eq!(l.window(), Duration::from_secs(2));
+    }
     const DEADLINE: Duration = Duration::from_secs(10);
 
     #[test]

@@ -2,7 +2,7 @@
 //! /metrics, takes the leader Lease, then runs every controller until SIGTERM.
 use aifactory::context::Context;
 use aifactory::controllers::{dataset, gpupool, pods, tenant, trainingjob, workspace};
-use aifactory::fence::{Fence, fenced_client};
+use aifactory::fence::{Fence, Limits, fenced_client};
 use aifactory::leader::{Election, Timing};
 use aifactory::metrics::Metrics;
 use aifactory::server::{self, Health};
@@ -66,6 +66,15 @@ struct RunArgs {
     /// This replica's identity (defaults to the pod or host name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Requests per second to the API server, sustained (the leader lease aside).
+    #[arg(long, default_value_t = 100, env = "AIFACTORY_API_QPS")]
+    api_qps: u32,
+    /// Requests to the API server that may go at once above that rate.
+    #[arg(long, default_value_t = 200, env = "AIFACTORY_API_BURST")]
+    api_burst: u32,
+    /// Requests to the API server in flight at once.
+    #[arg(long, default_value_t = 64, env = "AIFACTORY_API_IN_FLIGHT")]
+    api_in_flight: usize,
     /// How long to wait for the CRDs to be established.
     #[arg(long, default_value_t = 60)]
     crd_timeout_seconds: u64,
@@ -162,7 +171,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let fence = Fence::new();
     // Every write of every controller and of the admission pass goes through this
     // client, so none goes out once the fence is shut.
-    let writer = fenced_client(config, fence.clone()).context("building the operator's client")?;
+    // Limited, so a burst of submissions cannot make the operator flood the API
+    // server the whole factory shares; the election's client is not, so the
+    // lease is never renewed late behind a queue of reconciles.
+    let limits = Limits {
+        qps: args.api_qps,
+        burst: args.api_burst,
+        in_flight: args.api_in_flight,
+    };
+    let writer =
+        fenced_client(config, fence.clone(), limits).context("building the operator's client")?;
     // A standby waits here, writing nothing, until the leader goes.
     tokio::select! {
         _ = election.acquire(&client, &fence) => {},
