@@ -39,8 +39,10 @@ pub struct Timing {
 impl Default for Timing {
     fn default() -> Self {
         Self {
-            lease_duration: Duration::from_secs(15),
-            renew_deadline: Duration::from_secs(10),
+            // A standby takes over at most lease + retry = 14 s after the
+            // leader's last renewal (the factory's failover goal is 15 s).
+            lease_duration: Duration::from_secs(12),
+            renew_deadline: Duration::from_secs(8),
             retry_period: Duration::from_secs(2),
         }
     }
@@ -344,9 +346,26 @@ mod tests {
         Duration::from_secs(s)
     }
 
+    /// The timing the cases below are written for (client-go's defaults).
+    fn timing_15() -> Timing {
+        Timing {
+            lease_duration: secs(15),
+            renew_deadline: secs(10),
+            retry_period: secs(2),
+        }
+    }
+
+    #[test]
+    fn the_default_timing_is_safe_and_fails_over_within_15_s() {
+        let timing = Timing::default();
+        assert_eq!(timing.validate(), Ok(()));
+        assert!(timing.attempt_timeout() < timing.renew_deadline);
+        assert!(timing.lease_duration + timing.retry_period <= secs(15));
+    }
+
     #[test]
     fn client_go_defaults_keep_the_renew_deadline_below_the_lease_duration() {
-        let timing = Timing::default();
+        let timing = timing_15();
         assert_eq!(timing.validate(), Ok(()));
         assert!(timing.attempt_timeout() < timing.renew_deadline);
         let unsafe_timing = Timing {
@@ -364,7 +383,7 @@ mod tests {
     #[test]
     fn a_standby_waits_a_whole_lease_duration_from_its_first_look() {
         let t0 = Instant::now();
-        let timing = Timing::default();
+        let timing = timing_15();
         let spec = held_by("a", jiff::Timestamp::now(), 15);
         let mut seen = Observed::default();
         let since = seen.see(Some("7"), t0);
@@ -376,7 +395,7 @@ mod tests {
     #[test]
     fn a_renewal_restarts_the_standbys_count() {
         let t0 = Instant::now();
-        let timing = Timing::default();
+        let timing = timing_15();
         let spec = held_by("a", jiff::Timestamp::now(), 15);
         let mut seen = Observed::default();
         seen.see(Some("7"), t0);
@@ -394,7 +413,7 @@ mod tests {
         // The holder's clock is an hour behind (its renewTime looks long expired)
         // or an hour ahead: the standby waits the same 15 s of its own clock.
         let t0 = Instant::now();
-        let timing = Timing::default();
+        let timing = timing_15();
         let now = jiff::Timestamp::now();
         for skew in [-3600, 3600] {
             let renewed = now
@@ -417,7 +436,7 @@ mod tests {
     #[test]
     fn a_holder_declaring_a_longer_lease_is_given_it_and_a_shorter_one_is_not() {
         let t0 = Instant::now();
-        let timing = Timing::default();
+        let timing = timing_15();
         let long = held_by("a", jiff::Timestamp::now(), 60);
         assert!(!may_take(Some(&long), "b", t0, t0 + secs(30), &timing));
         assert!(may_take(Some(&long), "b", t0, t0 + secs(60), &timing));
@@ -428,7 +447,7 @@ mod tests {
     #[test]
     fn a_free_or_own_lease_is_taken_at_once() {
         let t0 = Instant::now();
-        let timing = Timing::default();
+        let timing = timing_15();
         assert!(may_take(None, "b", t0, t0, &timing));
         let released = LeaseSpec {
             holder_identity: None,
@@ -456,7 +475,7 @@ mod tests {
         // The leader starts a renewal at 0 s; the API server writes it at 0.3 s; the
         // standby sees it on its next look at 1.9 s. The leader then freezes.
         let t0 = Instant::now();
-        let timing = Timing::default();
+        let timing = timing_15();
         let fence = Fence::default();
         fence.renewed(t0, timing.renew_deadline, t0 + Duration::from_millis(300));
         let mut seen = Observed::default();

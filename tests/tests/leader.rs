@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(120);
-/// The leader stays frozen at least this long: more than the lease (15 s).
+/// The leader stays frozen at least this long: more than the lease (12 s).
 const FROZEN_FOR: Duration = Duration::from_secs(25);
 const LEADER_USER: &str = "aifactory-operator";
 const STANDBY_USER: &str = "aifactory-operator-b";
