@@ -125,8 +125,9 @@ where
 }
 
 /// [`apply`], reading the live object from `cache` (a watch cache of the kind)
-/// instead of the API server. A GET is made only when the cache does not hold the
-/// object (not created yet, or the cache has not caught up).
+/// instead of the API server. An object the cache does not hold is applied
+/// without a read and reported `Created` (it was not there, or the cache had not
+/// caught up with it yet: the apply is the same either way).
 pub async fn apply_cached<K>(
     api: &Api<K>,
     cache: &kube::runtime::reflector::Store<K>,

@@ -68,9 +68,10 @@ async fn apply_tenant(tenant: Arc<Tenant>, tc: &TenantCtx) -> Result<Action> {
     let live = &tc.live;
     let client = &ctx.client;
     let name = tenant.name_any();
-    // Conflicts and dropped namespaces are judged from the namespace cache: a
-    // namespace not listed yet is not a namespace that does not exist.
-    crate::context::cache_ready("namespaces", &live.namespaces).await?;
+    // Conflicts and dropped namespaces are judged from the caches, and what they
+    // do not hold is applied without a read: an object not listed yet is not an
+    // object that does not exist, so nothing is done before they are filled.
+    live.ready().await?;
     let ns_api: Api<Namespace> = Api::all(client.clone());
     let ceilings = build::gpu_ceilings(&tenant, &tc.pools.state());
     let mut owned = vec![];
@@ -288,6 +289,21 @@ pub fn pool_fingerprint(pool: &GpuPool) -> u64 {
     )
         .hash(&mut hasher);
     hasher.finish()
+}
+
+impl Live {
+    async fn ready(&self) -> Result<()> {
+        use crate::context::cache_ready;
+        cache_ready("namespaces", &self.namespaces).await?;
+        cache_ready("resourcequotas", &self.quotas).await?;
+        cache_ready("limitranges", &self.limits).await?;
+        cache_ready("networkpolicies", &self.network_policies).await?;
+        cache_ready("serviceaccounts", &self.service_accounts).await?;
+        cache_ready("roles", &self.roles).await?;
+        cache_ready("rolebindings", &self.bindings).await?;
+        cache_ready("clusterroles", &self.cluster_roles).await?;
+        cache_ready("clusterrolebindings", &self.cluster_bindings).await
+    }
 }
 
 /// Runs the Tenant controller until `shutdown` resolves.

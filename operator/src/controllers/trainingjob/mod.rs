@@ -145,6 +145,7 @@ async fn run_job(tj: &TrainingJob, api: &Api<TrainingJob>, c: &JobCtx) -> Result
     // A node missing from a cache still filling is not a lost node.
     crate::context::cache_ready("nodes", &c.nodes).await?;
     crate::context::cache_ready("jobs", &c.jobs).await?;
+    crate::context::cache_ready("services", &c.services).await?;
     let lost_nodes = tj
         .status
         .as_ref()
