@@ -62,10 +62,18 @@ async fn tenant(client: &Client, name: &str, pool: &str) -> anyhow::Result<()> {
         .create(&PostParams::default(), &t)
         .await?;
     let quotas = Api::<ResourceQuota>::namespaced(client.clone(), name);
+    let tenants = Api::<Tenant>::all(client.clone());
+    // Ready is written once every child is in place, the owner's RoleBinding
+    // included (the quota alone comes first).
     wait_for(&format!("tenant {name} Ready"), WAIT, || {
-        let quotas = quotas.clone();
+        let (quotas, tenants) = (quotas.clone(), tenants.clone());
         async move {
-            Ok(quotas
+            let ready = tenants.get(name).await?.status.is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            });
+            let quota = quotas
                 .list(&Default::default())
                 .await?
                 .items
@@ -75,8 +83,8 @@ async fn tenant(client: &Client, name: &str, pool: &str) -> anyhow::Result<()> {
                         .as_ref()
                         .and_then(|s| s.hard.as_ref())
                         .is_some_and(|h| h.contains_key("requests.nvidia.com/gpu"))
-                })
-                .then_some(()))
+                });
+            Ok((ready && quota).then_some(()))
         }
     })
     .await
