@@ -110,7 +110,10 @@ pub fn now() -> Time {
 
 /// The error policy every controller shares: count the error, log it, retry with a
 /// delay (the controller runtime adds backoff for repeated failures of one object).
-pub fn on_error<K: ResourceExt>(
+/// An object the operator cannot act on (an invalid spec, a bug it triggered)
+/// also gets a Warning Event saying why, for its owner to see in `kubectl
+/// describe`; transient errors (API, cache) are only logged and counted.
+pub fn on_error<K: Resource<DynamicType = ()>>(
     controller: &'static str,
     obj: &K,
     err: &Error,
@@ -118,7 +121,22 @@ pub fn on_error<K: ResourceExt>(
 ) -> Action {
     ctx.metrics.error(controller, err.metric_label());
     tracing::warn!(controller, object = %obj.name_any(), error = %err, "reconcile failed");
-    match err {
+    if matches!(err.cause(), Error::InvalidSpec(_) | Error::Panic(_)) {
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "ReconcileFailed".into(),
+            note: Some(err.cause().to_string().chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        let (recorder, reference) = (ctx.recorder.clone(), obj.object_ref(&()));
+        tokio::spawn(async move {
+            if let Err(e) = recorder.publish(&event, &reference).await {
+                tracing::warn!(error = %e, "recording a failed reconcile failed");
+            }
+        });
+    }
+    match err.cause() {
         Error::InvalidSpec(_) => Action::requeue(Duration::from_secs(300)),
         // A cache fills within seconds of a (re)start.
         Error::Cache(..) => Action::requeue(Duration::from_secs(1)),

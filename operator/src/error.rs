@@ -28,9 +28,23 @@ pub enum Error {
 }
 
 impl Error {
+    /// The error a reconcile step failed with, out of the finalizer's wrapping
+    /// (the apply or cleanup inside it), so that the policy and the metric see
+    /// an invalid spec or a cache not ready as such.
+    pub fn cause(&self) -> &Error {
+        use kube::runtime::finalizer::Error as F;
+        match self {
+            Error::Finalizer(inner) => match inner.as_ref() {
+                F::ApplyFailed(e) | F::CleanupFailed(e) => e.cause(),
+                _ => self,
+            },
+            _ => self,
+        }
+    }
+
     /// A short, bounded label for the `reason` of the error metric.
     pub fn metric_label(&self) -> String {
-        match self {
+        match self.cause() {
             Error::Kube(kube::Error::Api(status)) => format!("api_{}", status.code),
             Error::Kube(_) => "kube".into(),
             Error::Finalizer(_) => "finalizer".into(),
@@ -44,3 +58,20 @@ impl Error {
 
 /// Result of a reconcile step.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::finalizer::Error as F;
+
+    #[test]
+    fn an_error_inside_the_finalizer_is_seen_as_itself() {
+        let wrapped = Error::Finalizer(Box::new(F::ApplyFailed(Error::Cache("pools", "x".into()))));
+        assert_eq!(wrapped.metric_label(), "cache_not_ready");
+        assert!(matches!(wrapped.cause(), Error::Cache("pools", _)));
+        let cleanup = Error::Finalizer(Box::new(F::CleanupFailed(Error::InvalidSpec("y".into()))));
+        assert_eq!(cleanup.metric_label(), "invalid_spec");
+        let other = Error::Finalizer(Box::new(F::UnnamedObject));
+        assert_eq!(other.metric_label(), "finalizer");
+    }
+}

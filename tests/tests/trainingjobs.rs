@@ -954,3 +954,43 @@ async fn a_settlement_retried_after_its_finalizer_removal_failed_is_counted_once
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_job_whose_name_another_job_holds_says_why_in_an_event() -> anyhow::Result<()> {
+    let mut f = Factory::new("tj-clash", 1).await?;
+    let acme = f.tenant("clash", json!({"gpus": 8})).await?;
+    // A batch Job of the same name that is not the operator's (an admin's, say).
+    let foreign: Job = serde_json::from_value(json!({
+        "metadata": {"name": "clash"},
+        "spec": {"suspend": true, "template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "c", "image": "registry.example/tool:1"}]}}}
+    }))?;
+    Api::<Job>::namespaced(f.client.clone(), &acme)
+        .create(&PostParams::default(), &foreign)
+        .await?;
+    f.submit(&acme, "clash", 1, 1, json!({}), json!({})).await?;
+    let events = Api::<Event>::namespaced(f.client.clone(), &acme);
+    let note = wait_for("a ReconcileFailed Event on the job", WAIT, || async {
+        Ok(events
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("clash"))
+            .find(|e| e.reason.as_deref() == Some("ReconcileFailed"))
+            .and_then(|e| e.note))
+    })
+    .await?;
+    assert!(
+        note.contains("does not belong to this training job"),
+        "{note}"
+    );
+    // The foreign Job is left as it was.
+    let job = f.batch_job(&acme, "clash").await?;
+    assert!(
+        job.as_ref()
+            .is_some_and(|j| !kube::ResourceExt::labels(j).contains_key(JOB_LABEL)),
+        "{job:?}"
+    );
+    Ok(())
+}
