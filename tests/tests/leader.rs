@@ -24,7 +24,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(120);
-/// The leader stays frozen at least this long: more than the lease (12 s).
+/// The operator's lease duration (`operator/src/leader.rs`, `Timing::default`).
+const LEASE_SECONDS: i64 = 12;
+/// The leader stays frozen at least this long: more than the lease ([`LEASE_SECONDS`]).
 const FROZEN_FOR: Duration = Duration::from_secs(25);
 const LEADER_USER: &str = "aifactory-operator";
 const STANDBY_USER: &str = "aifactory-operator-b";
@@ -626,7 +628,7 @@ async fn a_leader_frozen_past_its_lease_never_writes_beside_its_successor() -> a
         waited.as_secs_f64()
     );
     assert!(
-        waited >= jiff::SignedDuration::from_secs(15),
+        waited >= jiff::SignedDuration::from_secs(LEASE_SECONDS),
         "the standby took the lease {waited:?} after the leader last renewed it: within the lease duration"
     );
     if let Some(last) = last_write {
