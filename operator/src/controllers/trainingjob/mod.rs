@@ -24,7 +24,7 @@ use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::scheduling::v1::PriorityClass;
-use kube::api::{Api, DeleteParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::{Action, Config, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -131,14 +131,9 @@ async fn run_job(tj: &TrainingJob, api: &Api<TrainingJob>, c: &JobCtx) -> Result
         return Ok(Action::await_change());
     }
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    // The cache holds the runs' Jobs only (labelled): a Job of the same name that
+    // is not ours is found when creating the run's (see `create_job`).
     let job = cached(&c.jobs, Some(&ns), &name);
-    if let Some(j) = &job
-        && !j.labels().contains_key(TRAININGJOB_LABEL)
-    {
-        return Err(Error::InvalidSpec(format!(
-            "a Job named {name} exists in {ns} and does not belong to this training job"
-        )));
-    }
     // A pool missing from a cache still filling is not a missing pool.
     crate::context::cache_ready("pools", &c.pools).await?;
     let pool = c.pools.get(&ObjectRef::new(&tj.spec.pool));
@@ -209,7 +204,7 @@ async fn run_job(tj: &TrainingJob, api: &Api<TrainingJob>, c: &JobCtx) -> Result
             // Created suspended, then released: the admission handshake Kueue uses,
             // so admission could be handed to Kueue later. Neither needs a read:
             // the plan says the Job is not there, then that it is ours.
-            force_apply(&jobs, &suspended).await?;
+            create_job(&jobs, &suspended, tj).await?;
             force_apply(&jobs, &released).await?;
         }
         JobAction::Release(released) => {
@@ -220,6 +215,39 @@ async fn run_job(tj: &TrainingJob, api: &Api<TrainingJob>, c: &JobCtx) -> Result
     Ok(plan
         .requeue
         .map_or_else(Action::await_change, Action::requeue))
+}
+
+/// Creates the run's Job, never over one that is not the job's: a create, not an
+/// apply, so a Job of the same name (an admin's, another tool's) is refused by
+/// the API server (409) rather than taken over. One that is the job's own is
+/// what a cache not caught up yet did not show.
+async fn create_job(jobs: &Api<Job>, job: &Job, tj: &TrainingJob) -> Result<()> {
+    let params = PostParams {
+        field_manager: Some(crate::MANAGER.into()),
+        ..Default::default()
+    };
+    match jobs.create(&params, job).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            let name = job.name_any();
+            let ours = jobs.get_opt(&name).await?.is_some_and(|live| {
+                live.labels().contains_key(TRAININGJOB_LABEL)
+                    && live
+                        .owner_references()
+                        .iter()
+                        .any(|o| Some(&o.uid) == tj.metadata.uid.as_ref())
+            });
+            if ours {
+                Ok(())
+            } else {
+                Err(Error::InvalidSpec(format!(
+                    "a Job named {name} exists in {} and does not belong to this training job",
+                    tj.namespace().unwrap_or_default()
+                )))
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// What the controller reads of a run's Job: its identity, `suspend` and status.
