@@ -30,8 +30,9 @@ use std::time::{Duration, Instant};
 pub const USERS: [&str; 2] = ["aifactory-operator", "aifactory-operator-b"];
 /// How long a finalizer may keep a deleted object.
 pub const STRANDED_AFTER: Duration = Duration::from_secs(60);
-/// The operator's lease duration: no successor may lead sooner after the last renewal.
-pub const LEASE: Duration = Duration::from_secs(15);
+/// The operator's lease duration (`Timing::default` in operator/src/leader.rs): no
+/// successor may lead sooner after the last renewal.
+pub const LEASE: Duration = Duration::from_secs(12);
 const LEASE_NS: &str = "default";
 const LEASE_NAME: &str = "aifactory-operator";
 

@@ -375,7 +375,7 @@ impl Report {
             pick(&leader_events, |f| f.since_renewal),
         );
         row(
-            "… lease expiry (last renewal + 15 s) → successor's lease write",
+            "… lease expiry (last renewal + the lease) → successor's lease write",
             spread(
                 leader_events
                     .iter()
