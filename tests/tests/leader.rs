@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(120);
 /// The operator's lease duration (`operator/src/leader.rs`, `Timing::default`).
-const LEASE_SECONDS: i64 = 12;
+const LEASE_SECONDS: i64 = 13;
 /// The leader stays frozen at least this long: more than the lease ([`LEASE_SECONDS`]).
 const FROZEN_FOR: Duration = Duration::from_secs(25);
 const LEADER_USER: &str = "aifactory-operator";
