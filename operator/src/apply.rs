@@ -87,20 +87,16 @@ pub async fn apply<K>(api: &Api<K>, desired: &K) -> Result<Applied>
 where
     K: Resource + Clone + Serialize + DeserializeOwned + Debug,
 {
-    let name = desired.name_any();
-    let live = api.get_opt(&name).await?;
-    let want = serde_json::to_value(desired)?;
+    let live = api.get_opt(&desired.name_any()).await?;
     if let Some(live) = &live
-        && contains(&serde_json::to_value(live)?, &want)
+        && contains(
+            &serde_json::to_value(live)?,
+            &serde_json::to_value(desired)?,
+        )
     {
         return Ok(Applied::Unchanged);
     }
-    api.patch(
-        &name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(desired),
-    )
-    .await?;
+    force_apply(api, desired).await?;
     Ok(if live.is_some() {
         Applied::Updated
     } else {
@@ -125,9 +121,8 @@ where
 }
 
 /// [`apply`], reading the live object from `cache` (a watch cache of the kind)
-/// instead of the API server. An object the cache does not hold is applied
-/// without a read and reported `Created` (it was not there, or the cache had not
-/// caught up with it yet: the apply is the same either way).
+/// instead of the API server. A GET is made only for an object the cache does
+/// not hold (not created yet, or a cache that has not caught up with it).
 pub async fn apply_cached<K>(
     api: &Api<K>,
     cache: &kube::runtime::reflector::Store<K>,
@@ -146,12 +141,7 @@ where
     ) {
         return Ok(Applied::Unchanged);
     }
-    api.patch(
-        &name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(desired),
-    )
-    .await?;
+    force_apply(api, desired).await?;
     Ok(Applied::Updated)
 }
 

@@ -297,6 +297,23 @@ where
     }
 }
 
+/// Waits until Tenant `name` is Ready (every child of its namespaces in place,
+/// its owners' RoleBindings included).
+pub async fn tenant_ready(client: &Client, name: &str, timeout: Duration) -> Result<()> {
+    let tenants = Api::<aifactory_api::Tenant>::all(client.clone());
+    wait_for(&format!("tenant {name} Ready"), timeout, || async {
+        let t = tenants.get(name).await?;
+        Ok(t.status
+            .is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            })
+            .then_some(()))
+    })
+    .await
+}
+
 /// Installs the CRDs from `crds/` with server-side apply and waits until every one
 /// is Established. Idempotent: tests call it first.
 pub async fn install_crds(client: &Client) -> Result<()> {

@@ -78,18 +78,7 @@ async fn jobs_running_through_a_tenant_leave_its_namespace_alone() -> anyhow::Re
         .create(&PostParams::default(), &t)
         .await?;
     cleanup.0.push(("tenant", tenant.clone()));
-    let tenants = Api::<Tenant>::all(client.clone());
-    wait_for("the tenant Ready", Duration::from_secs(90), || async {
-        let t = tenants.get(&tenant).await?;
-        Ok(t.status
-            .is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
-            })
-            .then_some(()))
-    })
-    .await?;
+    tenant_ready(&client, &tenant, Duration::from_secs(90)).await?;
     // Let the tenant's children settle (the quota's first usage figures) first.
     tokio::time::sleep(Duration::from_secs(5)).await;
 

@@ -61,33 +61,19 @@ async fn tenant(client: &Client, name: &str, pool: &str) -> anyhow::Result<()> {
     Api::<Tenant>::all(client.clone())
         .create(&PostParams::default(), &t)
         .await?;
-    let quotas = Api::<ResourceQuota>::namespaced(client.clone(), name);
-    let tenants = Api::<Tenant>::all(client.clone());
     // Ready is written once every child is in place, the owner's RoleBinding
     // included (the quota alone comes first).
-    wait_for(&format!("tenant {name} Ready"), WAIT, || {
-        let (quotas, tenants) = (quotas.clone(), tenants.clone());
-        async move {
-            let ready = tenants.get(name).await?.status.is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
-            });
-            let quota = quotas
-                .list(&Default::default())
-                .await?
-                .items
-                .iter()
-                .any(|q| {
-                    q.spec
-                        .as_ref()
-                        .and_then(|s| s.hard.as_ref())
-                        .is_some_and(|h| h.contains_key("requests.nvidia.com/gpu"))
-                });
-            Ok((ready && quota).then_some(()))
-        }
-    })
-    .await
+    tenant_ready(client, name, WAIT).await?;
+    let quotas = Api::<ResourceQuota>::namespaced(client.clone(), name);
+    let quota = quotas.get("aifactory-tenant").await?;
+    anyhow::ensure!(
+        quota
+            .spec
+            .and_then(|s| s.hard)
+            .is_some_and(|h| h.contains_key("requests.nvidia.com/gpu")),
+        "tenant {name} Ready without a GPU quota"
+    );
+    Ok(())
 }
 
 #[tokio::test]
