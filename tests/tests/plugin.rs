@@ -118,21 +118,7 @@ async fn kubectl_factory_shows_pools_usage_queue_and_why_a_job_waits() -> Result
     let tenants = Api::<Tenant>::all(client.clone());
     tenants.create(&PostParams::default(), &t).await?;
     cleanup.0.push(("tenant", acme.clone()));
-    wait_for(&format!("tenant {acme} Ready"), WAIT, || {
-        let tenants = tenants.clone();
-        let acme = acme.clone();
-        async move {
-            let t = tenants.get(&acme).await?;
-            Ok(t.status
-                .is_some_and(|s| {
-                    s.conditions
-                        .iter()
-                        .any(|c| c.type_ == "Ready" && c.status == "True")
-                })
-                .then_some(()))
-        }
-    })
-    .await?;
+    tenant_ready(&client, &acme, WAIT).await?;
 
     // One job fills the quota; two more wait behind it.
     submit(&client, &acme, "pretrain", &pool, 8).await?;
